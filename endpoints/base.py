@@ -1,0 +1,299 @@
+"""The base of every WebSocket endpoint: authentication, frame decoding,
+dispatch by `type`, error frames, the outbound queue, and catch-up on a stream.
+
+A subclass names its frames (`kinds`), checks who may join (`authorize`),
+lists its topics, sends its snapshot, and defines `handle_<type>` methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ClassVar
+
+from starlette.endpoints import WebSocketEndpoint
+from starlette.websockets import WebSocket
+
+from endpoints.auth import AuthError, Identity, token_from_scope
+from endpoints.outbound import Outbound
+from endpoints.runtime import Runtime
+from events import errors, outbound
+from events.bus import Delivery
+from events.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
+from store import streams
+from store.errors import StoreError
+
+log = logging.getLogger("realtime.ws")
+
+NORMAL = 1000
+TOO_BIG = 1009
+SERVER_ERROR = 1011
+NOT_AUTHENTICATED = 4001
+FORBIDDEN = 4003
+NOT_FOUND = 4004
+
+Handler = Callable[[Any, Any], Awaitable[None]]
+
+
+class Refused(Exception):
+    """Close the socket with `code` (authorization failed at connect)."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class BaseEndpoint(WebSocketEndpoint):
+    channel: ClassVar[str] = ""
+    kinds: ClassVar[Mapping[str, type[Frame]]] = COMMON
+    _handlers: ClassVar[dict[str, Handler]] = {}
+
+    # Set per connection.
+    rt: Runtime
+    out: Outbound
+    user: dict[str, Any]
+    user_id: int = 0
+    identity: Identity
+    stream: str | None = None  # the one seq-carrying stream this socket follows, if any
+    last_seq: int = 0
+    buffer: list[Delivery] | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        missing = [t for t in cls.kinds if not hasattr(cls, f"handle_{t}")]
+        if missing:
+            raise TypeError(f"{cls.__name__} has no handler for {missing}")
+        cls._handlers = {t: getattr(cls, f"handle_{t}") for t in cls.kinds}
+
+    # ---- the connection's life -------------------------------------------------
+
+    async def dispatch(self) -> None:
+        websocket = WebSocket(self.scope, receive=self.receive, send=self.send)
+        self.rt = websocket.app.state.runtime
+        self.topics: list[str] = []
+        self.joined: list[str] = []
+        self.tasks: set[asyncio.Task[Any]] = set()
+        self.out = Outbound(self.send, self.rt.settings.outbound_queue)
+        self.out.on_closed = self._lost
+        self.opened_at = time.monotonic()
+        self.close_code = NORMAL
+        # Accept first: a close before accept reaches a browser as a bare HTTP 403.
+        await websocket.accept()
+        try:
+            token = token_from_scope(websocket.query_params, websocket.headers)
+            via_frame = token is None
+            if token is None:
+                token = await self._first_frame_token()
+            identity = self._verify(token) if token is not None else None
+            if identity is None:
+                return
+            self.identity = identity
+            self.user_id = identity.user_id
+            self.user = await self.rt.profile(identity)
+            if via_frame:
+                self.out.push(outbound.auth_ok(self.user))
+            await self.authorize()
+            await self._join()
+            await self.opened()
+            await self._serve()
+        except Refused as refusal:
+            self._close(refusal.code, refusal.reason)
+        except Exception:
+            log.exception("%s socket of user %s failed", self.channel, self.user_id or "?")
+            self._close(SERVER_ERROR, "server error")
+        finally:
+            await self._cleanup()
+
+    def _verify(self, token: str) -> Identity | None:
+        try:
+            return self.rt.verifier.verify(token)
+        except AuthError as exc:
+            self._close(NOT_AUTHENTICATED, _reason(exc))
+            return None
+
+    async def _first_frame_token(self) -> str | None:
+        try:
+            message = await asyncio.wait_for(self.receive(), self.rt.settings.auth_timeout)
+        except TimeoutError:
+            self._close(NOT_AUTHENTICATED, "no token")
+            return None
+        if message["type"] != "websocket.receive":
+            self.close_code = int(message.get("code") or NORMAL)
+            return None
+        items = decode(message.get("text") or "", {"auth": Auth})
+        first = items[0] if len(items) == 1 else None
+        if isinstance(first, Decoded) and isinstance(first.frame, Auth):
+            return first.frame.token
+        self._close(NOT_AUTHENTICATED, "authenticate first")
+        return None
+
+    async def _join(self) -> None:
+        for topic in self.topics:
+            await self.rt.hub.join(topic, self)
+            self.joined.append(topic)
+        self.rt.sockets[self.user_id].add(self)
+
+    async def _serve(self) -> None:
+        limit = self.rt.settings.max_frame_bytes
+        while True:
+            message = await self.receive()
+            kind = message["type"]
+            if kind == "websocket.disconnect":
+                self.close_code = int(message.get("code") or NORMAL)
+                return
+            if self.out.closed:
+                continue
+            text = message.get("text")
+            if text is None:
+                self.reply_error(errors.INVALID_PAYLOAD, "binary frames are not supported; send JSON text")
+                continue
+            if len(text) > limit // 4 and len(text.encode()) > limit:
+                self._close(TOO_BIG, f"frame over {limit} bytes")
+                return
+            for item in decode(text, self.kinds):
+                if isinstance(item, BadFrame):
+                    self.reply_error(item.code, item.message, item.request_type, item.client_msg_id)
+                else:
+                    await self._handle(item)
+
+    async def _handle(self, item: Decoded) -> None:
+        try:
+            await self._handlers[item.type](self, item.frame)
+        except StoreError as exc:
+            self.reply_error(exc.code, str(exc), item.type, item.client_msg_id)
+
+    async def _cleanup(self) -> None:
+        try:
+            await self.closing()
+        except Exception:
+            log.exception("%s socket cleanup failed", self.channel)
+        for task in list(self.tasks):
+            task.cancel()
+        for topic in self.joined:
+            await self.rt.hub.leave(topic, self)
+        self.joined.clear()
+        sockets = self.rt.sockets.get(self.user_id)
+        if sockets is not None:
+            sockets.discard(self)
+            if not sockets:
+                del self.rt.sockets[self.user_id]
+        await self.out.drained(timeout=2.0)
+        if self.user_id:
+            log.info(
+                "disconnect channel=%s user=%s duration=%.1fs code=%s",
+                self.channel,
+                self.user_id,
+                time.monotonic() - self.opened_at,
+                self.close_code,
+            )
+
+    def _close(self, code: int, reason: str) -> None:
+        self.close_code = code
+        self.out.close(code, reason)
+
+    def _lost(self) -> None:
+        """The outbound side gave up (slow consumer or dead peer): stop receiving events."""
+        self.close_code = self.close_code if self.close_code != NORMAL else 1013
+        self.spawn(self._leave_all())
+
+    async def _leave_all(self) -> None:
+        joined, self.joined = self.joined, []
+        for topic in joined:
+            await self.rt.hub.leave(topic, self)
+
+    def spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # ---- what subclasses fill in -----------------------------------------------
+
+    async def authorize(self) -> None:
+        """Check the path against the user; raise `Refused`; set `topics` and `stream`."""
+
+    async def opened(self) -> None:
+        """Send what a new socket gets first (a snapshot)."""
+
+    async def closing(self) -> None:
+        """Undo per-socket state (typing, presence) before the topics are left."""
+
+    async def snapshot(self) -> int:
+        """Send a fresh snapshot of `stream`; return the seq it covers."""
+        raise NotImplementedError
+
+    # ---- events in and out -----------------------------------------------------
+
+    def deliver(self, delivery: Delivery) -> None:
+        if self.buffer is not None:
+            self.buffer.append(delivery)
+            return
+        if delivery.seq:
+            if delivery.seq <= self.last_seq:
+                return
+            self.last_seq = delivery.seq
+        self.out.push(delivery.frame)
+
+    def resync(self) -> None:
+        self.spawn(self.catch_up(None))
+
+    async def catch_up(self, since: int | None) -> None:
+        """Replay the stream after `since` (or send a snapshot), holding live events back meanwhile."""
+        assert self.stream is not None
+        db, limit = self.rt.db, self.rt.settings.replay_limit
+        self.buffer = []
+        try:
+            if since is not None:
+                last = await streams.last_seq(db, self.stream)
+                events = await streams.since(db, self.stream, since, limit) if since <= last else None
+                if events is not None:
+                    for _seq, frame in events:
+                        self.out.push(frame)
+                    self.last_seq = max(self.last_seq, since, events[-1][0] if events else 0)
+                    return
+                self.out.push(outbound.resync_required(last))
+            self.last_seq = max(self.last_seq, await self.snapshot())
+        finally:
+            held, self.buffer = self.buffer, None
+            for delivery in held:
+                self.deliver(delivery)
+
+    def since_param(self) -> int | None:
+        raw = self.scope.get("query_string", b"").decode("latin-1")
+        for part in raw.split("&"):
+            key, _, value = part.partition("=")
+            if key == "since":
+                if value.isascii() and value.isdigit() and len(value) < 17:
+                    return int(value)
+                self.reply_error(errors.INVALID_PAYLOAD, "`since` must be a non-negative integer; sent a snapshot")
+                return None
+        return None
+
+    async def publish(self, topic: str, type_: str, frame: str, seq: int = 0, exclude: int = 0) -> None:
+        await self.rt.hub.publish(topic, Delivery(type_, seq, exclude, frame))
+
+    def reply_error(self, code: str, message: str, request_type: str | None = None, client_msg_id: Any = None) -> None:
+        self.out.push(outbound.error(code, message, request_type, client_msg_id))
+
+    # ---- frames every endpoint takes ----------------------------------------------
+
+    async def handle_ping(self, frame: Ping) -> None:
+        self.out.push(outbound.pong())
+
+    async def handle_auth(self, frame: Auth) -> None:
+        """A fresh token for the same user (say, before the old one expires)."""
+        identity = self._verify(frame.token)
+        if identity is None:
+            return
+        if identity.user_id != self.user_id:
+            self.reply_error(errors.FORBIDDEN, "the token is for another user", "auth")
+            return
+        self.identity = identity
+        self.out.push(outbound.auth_ok(self.user))
+
+
+def _reason(exc: Exception) -> str:
+    # Close reasons are limited to 123 bytes.
+    return str(exc)[:120] or "invalid token"

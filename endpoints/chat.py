@@ -1,0 +1,103 @@
+"""`/ws/chat/{room_id}/`: room members chat, type, read and delete."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
+from events import frames, outbound
+from store import messages, rooms, streams
+
+ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class ChatEndpoint(BaseEndpoint):
+    channel = "chat"
+    kinds = frames.CHAT
+
+    room_id: str
+    typing: asyncio.TimerHandle | None = None
+
+    async def authorize(self) -> None:
+        room_id = self.scope["path_params"]["room_id"]
+        if not ID.fullmatch(room_id) or not await rooms.exists(self.rt.db, room_id):
+            raise Refused(NOT_FOUND, "no such room")
+        if not await rooms.is_member(self.rt.db, room_id, self.user_id):
+            raise Refused(FORBIDDEN, "not a member of this room")
+        self.room_id = room_id
+        self.stream = streams.chat_stream(room_id)
+        self.topics = [self.stream]
+
+    async def opened(self) -> None:
+        await self.catch_up(self.since_param())
+
+    async def snapshot(self) -> int:
+        last = await streams.last_seq(self.rt.db, self.stream)
+        history, has_more = await messages.history(self.rt.db, self.room_id, last + 1, self.rt.settings.history_limit)
+        self.out.push(outbound.message_history(history, has_more, last))
+        return last
+
+    async def closing(self) -> None:
+        await self._stop_typing()
+
+    # ---- frames ------------------------------------------------------------------
+
+    async def handle_chat_message(self, frame: frames.ChatMessage) -> None:
+        await self._stop_typing()
+        posted = await messages.post(
+            self.rt.db,
+            self.room_id,
+            self.user,
+            frame.content,
+            frame.message_type,
+            frame.file_url,
+            frame.file_name,
+            frame.client_msg_id,
+        )
+        if posted.frame is None:
+            # A retry of something already stored: answer the sender, tell nobody else.
+            self.out.push(outbound.chat_message(posted.message))
+            return
+        await self.publish(self.stream, "chat_message", posted.frame, posted.seq)
+
+    async def handle_typing_start(self, frame: frames.TypingStart) -> None:
+        loop = asyncio.get_running_loop()
+        if self.typing is None:
+            await self.publish(
+                self.stream,
+                "typing_start",
+                outbound.typing_start(self.user_id, self.user["name"]),
+                exclude=self.user_id,
+            )
+        else:
+            self.typing.cancel()
+        # The server ends a typing that the client forgets to stop.
+        self.typing = loop.call_later(self.rt.settings.typing_timeout, lambda: self.spawn(self._stop_typing()))
+
+    async def handle_typing_stop(self, frame: frames.TypingStop) -> None:
+        await self._stop_typing()
+
+    async def handle_mark_read(self, frame: frames.MarkRead) -> None:
+        event = await messages.mark_read(self.rt.db, self.room_id, frame.message_id, self.user_id)
+        if event is not None:
+            seq, text = event
+            await self.publish(self.stream, "message_read", text, seq)
+
+    async def handle_delete_message(self, frame: frames.DeleteMessage) -> None:
+        seq, text = await messages.delete(self.rt.db, self.room_id, frame.message_id, self.user_id)
+        await self.publish(self.stream, "message_deleted", text, seq)
+
+    async def handle_fetch_history(self, frame: frames.FetchHistory) -> None:
+        history, has_more = await messages.history(self.rt.db, self.room_id, frame.before_seq, frame.limit)
+        self.out.push(outbound.history_page(history, has_more))
+
+    async def handle_sync(self, frame: frames.Sync) -> None:
+        await self.catch_up(frame.since)
+
+    async def _stop_typing(self) -> None:
+        if self.typing is None:
+            return
+        self.typing.cancel()
+        self.typing = None
+        await self.publish(self.stream, "typing_stop", outbound.typing_stop(self.user_id), exclude=self.user_id)

@@ -1,0 +1,215 @@
+"""The per-process hub between the endpoints and the broker.
+
+One broker subscription per topic per process, however many local sockets
+follow the topic; one listener task reads the broker and fans each event out to
+the local subscribers, whose frame text was serialized once by the publisher.
+
+Topics named after a stream (`room:…`, `user:…`) carry `seq`. For those the hub
+keeps the last seq it delivered and guarantees order and no gaps per process:
+an event that arrives ahead of a missing one (another process committed first
+but published later), or a broker reconnect (the backend reports `GAP`), makes
+it read the missing events from the store before going on.
+
+broadcaster's `Broadcast` is not used for the fan-out: it loses a subscription
+when two sockets join a new channel at once and gives every subscriber an
+unbounded queue. The hub drives a `BroadcastBackend` directly instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from broadcaster._backends.base import BroadcastBackend
+
+log = logging.getLogger("realtime.bus")
+
+# A pseudo-channel a broker backend emits after a reconnect: events may be
+# missing. The NUL keeps it apart from every topic name.
+GAP = "\x00gap"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    type: str
+    seq: int  # 0: not a persisted event
+    exclude: int  # a user id whose sockets skip it (the typist), 0: nobody
+    frame: str
+
+
+def pack(d: Delivery) -> str:
+    return f"{d.type}\t{d.seq}\t{d.exclude}\t{d.frame}"
+
+
+def unpack(message: str) -> Delivery:
+    type_, seq, exclude, frame = message.split("\t", 3)
+    return Delivery(type_, int(seq), int(exclude), frame)
+
+
+class Subscriber(Protocol):
+    user_id: int
+
+    def deliver(self, delivery: Delivery) -> None:
+        """Take one event; must not block (queue it)."""
+
+    def resync(self) -> None:
+        """Too much was missed to replay: fetch a fresh snapshot."""
+
+
+class StreamSource(Protocol):
+    async def last_seq(self, stream: str) -> int: ...
+    async def between(self, stream: str, after: int, upto: int | None) -> list[tuple[int, str]] | None:
+        """Events in (after, upto], oldest first; None when too many to replay."""
+
+
+def is_stream(topic: str) -> bool:
+    return topic.startswith(("room:", "user:"))
+
+
+class Topic:
+    __slots__ = ("last_seq", "lock", "name", "subscribed", "subscribers")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.subscribers: set[Subscriber] = set()
+        self.lock = asyncio.Lock()
+        self.subscribed = False
+        self.last_seq: int | None = None  # None: not a stream, or not yet known
+
+
+class Hub:
+    def __init__(self, backend: BroadcastBackend, source: StreamSource) -> None:
+        self.backend = backend
+        self.source = source
+        self.topics: dict[str, Topic] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self.publish_failures = 0
+        self.on_publish_failure: Callable[[], None] | None = None
+
+    async def start(self) -> None:
+        await self.backend.connect()
+        self._listener = asyncio.create_task(self._listen(), name="hub-listener")
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                pass
+        await self.backend.disconnect()
+
+    @property
+    def listening(self) -> bool:
+        return self._listener is not None and not self._listener.done()
+
+    async def join(self, name: str, subscriber: Subscriber) -> None:
+        topic = self.topics.get(name)
+        if topic is None:
+            topic = self.topics[name] = Topic(name)
+        # Registered before the first await, so a concurrent leave never drops the topic under us.
+        topic.subscribers.add(subscriber)
+        if topic.subscribed:
+            return
+        async with topic.lock:
+            if topic.subscribed:
+                return
+            try:
+                await self.backend.subscribe(name)
+                if is_stream(name):
+                    # Read after subscribing: anything committed later reaches us live.
+                    baseline = await self.source.last_seq(name)
+                    topic.last_seq = max(baseline, topic.last_seq or 0)
+            except BaseException:
+                topic.subscribers.discard(subscriber)
+                raise
+            topic.subscribed = True
+
+    async def leave(self, name: str, subscriber: Subscriber) -> None:
+        topic = self.topics.get(name)
+        if topic is None:
+            return
+        topic.subscribers.discard(subscriber)
+        if topic.subscribers:
+            return
+        async with topic.lock:
+            if topic.subscribers or not topic.subscribed:
+                return
+            topic.subscribed = False
+            topic.last_seq = None
+            try:
+                await self.backend.unsubscribe(name)
+            except Exception as exc:  # noqa: BLE001 - the broker is gone; nothing to undo
+                log.warning("unsubscribe %s failed: %r", name, exc)
+        if not topic.subscribers and self.topics.get(name) is topic and not topic.subscribed:
+            del self.topics[name]
+
+    async def publish(self, name: str, delivery: Delivery) -> None:
+        """Hand one event to the broker. Persisted events that fail here are
+        refilled from the store after the broker comes back."""
+        try:
+            await self.backend.publish(name, pack(delivery))
+        except Exception as exc:  # noqa: BLE001 - a broker outage must not fail the request
+            self.publish_failures += 1
+            if self.on_publish_failure is not None:
+                self.on_publish_failure()
+            log.warning("publish to %s failed: %r", name, exc)
+
+    def local_subscribers(self, name: str) -> int:
+        topic = self.topics.get(name)
+        return len(topic.subscribers) if topic else 0
+
+    async def _listen(self) -> None:
+        while True:
+            event = await self.backend.next_published()
+            try:
+                if event.channel == GAP:
+                    await self._refill_all()
+                    continue
+                topic = self.topics.get(event.channel)
+                if topic is not None and topic.subscribed:
+                    await self._receive(topic, unpack(event.message))
+            except Exception:
+                log.exception("hub failed to deliver on %s", event.channel)
+
+    async def _receive(self, topic: Topic, d: Delivery) -> None:
+        if d.seq and topic.last_seq is not None:
+            if d.seq <= topic.last_seq:
+                return  # already delivered (refilled earlier)
+            if d.seq > topic.last_seq + 1:
+                await self._refill(topic, upto=d.seq - 1)
+            topic.last_seq = d.seq
+        _fan_out(topic, d)
+
+    async def _refill(self, topic: Topic, upto: int | None) -> None:
+        after = topic.last_seq
+        if after is None:
+            return
+        missed = await self.source.between(topic.name, after, upto)
+        if missed is None:
+            for subscriber in tuple(topic.subscribers):
+                subscriber.resync()
+            topic.last_seq = await self.source.last_seq(topic.name)
+            return
+        for seq, frame in missed:
+            if topic.last_seq is not None and seq <= topic.last_seq:
+                continue
+            topic.last_seq = seq
+            _fan_out(topic, Delivery("", seq, 0, frame))
+
+    async def _refill_all(self) -> None:
+        log.info("broker reconnected: refilling %d topics from the store", len(self.topics))
+        for topic in list(self.topics.values()):
+            if topic.subscribed and topic.last_seq is not None:
+                await self._refill(topic, upto=None)
+
+
+def _fan_out(topic: Topic, d: Delivery) -> None:
+    exclude = d.exclude
+    for subscriber in tuple(topic.subscribers):
+        if exclude and subscriber.user_id == exclude:
+            continue
+        subscriber.deliver(d)

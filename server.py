@@ -1,0 +1,126 @@
+"""The ASGI app: settings, the lifespan (store, broker, hub), routes.
+
+`uvicorn server:app` reads the settings from the environment; `create_app`
+takes them explicitly (tests, embedding).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+from broadcaster._backends.base import BroadcastBackend
+from broadcaster._backends.memory import MemoryBackend
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route, WebSocketRoute
+
+import logconfig
+from endpoints import api, dev, files
+from endpoints.auth import TokenVerifier
+from endpoints.base import BaseEndpoint
+from endpoints.chat import ChatEndpoint
+from endpoints.runtime import Runtime
+from events.bus import Hub
+from settings import Settings, SettingsError, from_env
+from store.db import Db
+from store.streams import StreamLog
+
+log = logging.getLogger("realtime.server")
+
+SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
+    ("/ws/chat/{room_id}", ChatEndpoint),
+]
+
+
+def broker(url: str) -> BroadcastBackend:
+    if urlparse(url).scheme in ("redis", "rediss"):
+        from events.redis_backend import RedisBackend
+
+        return RedisBackend(url)
+    return MemoryBackend(url)
+
+
+def socket_routes() -> list[BaseRoute]:
+    # Both spellings: the seed client adds a trailing slash, others may not.
+    routes: list[BaseRoute] = []
+    for path, endpoint in SOCKETS:
+        routes += [WebSocketRoute(path + "/", endpoint), WebSocketRoute(path, endpoint)]
+    return routes
+
+
+async def healthz(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def readyz(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    problems = []
+    try:
+        await rt.db.ping()
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        problems.append(f"store: {exc!r}")
+    connected = getattr(rt.hub.backend, "connected", True)
+    if not connected or not rt.hub.listening:
+        problems.append("broker: not connected")
+    if problems:
+        return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready"})
+
+
+def create_app(settings: Settings) -> Starlette:
+    settings = settings.checked()
+    logconfig.configure(settings.log_level, settings.log_format)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        db = Db(settings.database_url)
+        await db.connect()
+        hub = Hub(broker(settings.broker_url), StreamLog(db))
+        await hub.start()
+        runtime = Runtime(settings, db, hub, TokenVerifier(settings.jwt_key, list(settings.jwt_algorithms)))
+        app.state.runtime = runtime
+        if settings.dev_mode:
+            port = os.environ.get("PORT", "8000")
+            await dev.seed(runtime, f"ws://127.0.0.1:{port}")
+        try:
+            yield {}
+        finally:
+            await hub.stop()
+            await db.disconnect()
+
+    routes: list[BaseRoute] = [
+        *socket_routes(),
+        *api.routes,
+        *files.routes,
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+    ]
+    if settings.dev_mode:
+        routes += dev.routes
+    return Starlette(routes=routes, lifespan=lifespan)
+
+
+def _app_from_env() -> Starlette:
+    try:
+        return create_app(from_env())
+    except SettingsError as exc:
+        # One clear line and a non-zero exit, not a traceback.
+        print(f"realtime: configuration error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def __getattr__(name: str) -> Any:
+    # `uvicorn server:app` builds the app from the environment on first access,
+    # so importing this module (tests, embedding) reads no environment.
+    if name == "app":
+        app = _app_from_env()
+        globals()["app"] = app
+        return app
+    raise AttributeError(name)

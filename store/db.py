@@ -1,0 +1,284 @@
+"""Connections, statement execution and group commit.
+
+`databases` owns the connections (URL parsing, the asyncpg pool, the aiosqlite
+connection); statements run on the driver connection it holds
+(`Connection.raw_connection`). databases' own query path compiles every
+statement through SQLAlchemy, which measured twice as slow per query on SQLite,
+and its SQLite pool opens a connection and a thread per acquire, so this module
+keeps long-lived connections instead: one writer everywhere, one reader on
+SQLite, and the pool for reads on PostgreSQL.
+
+SQL is written once, with `?` placeholders; for asyncpg they become `$n`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import databases
+from databases.core import Connection
+
+from store.errors import StoreError
+
+log = logging.getLogger("realtime.store")
+
+T = TypeVar("T")
+Row = Sequence[Any]
+
+SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
+SQLITE_PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=NORMAL",
+    "PRAGMA busy_timeout=10000",
+    "PRAGMA foreign_keys=ON",
+)
+# Any fixed number: serializes schema creation between processes on PostgreSQL.
+SCHEMA_LOCK_KEY = 7_202_611
+MAX_BATCH = 512
+
+
+def utc_now() -> str:
+    """ISO 8601 in UTC with milliseconds and a `Z`, as the protocol writes times."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return secrets.token_hex(12)
+
+
+class Runner(Protocol):
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None: ...
+
+
+class SqliteRunner:
+    """Statements on one aiosqlite connection: one thread hop per call."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(await self.raw.execute_fetchall(sql, params))
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        rows = await self.raw.execute_fetchall(sql, params)
+        return rows[0] if rows else None
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self.raw.execute_fetchall(sql, params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        cursor = await self.raw.executemany(sql, rows)
+        await cursor.close()
+
+
+@functools.lru_cache(maxsize=512)
+def to_dollar(sql: str) -> str:
+    """`?` placeholders to asyncpg's `$1..$n` (our SQL has no `?` in literals)."""
+    counter = iter(range(1, 10_000))
+    return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
+
+
+class PgRunner:
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return list(await self.raw.fetch(to_dollar(sql), *params))
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self.raw.fetchrow(to_dollar(sql), *params)
+
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        await self.raw.execute(to_dollar(sql), *params)
+
+    async def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+        await self.raw.executemany(to_dollar(sql), rows)
+
+
+Job = Callable[[Runner], Awaitable[T]]
+
+
+class GroupCommitWriter:
+    """One writing connection; jobs that queue up meanwhile share one transaction.
+
+    A job may raise a `StoreError` (not found, forbidden, conflict) only before
+    its first write, so the batch can go on without it. Any other error rolls
+    the batch back and replays its jobs one transaction each, so a bad job fails
+    alone and the others are not lost.
+    """
+
+    def __init__(self, runner: Runner, begin: str) -> None:
+        self._runner = runner
+        self._begin = begin
+        self._pending: list[tuple[Job[Any], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task: asyncio.Task[None] | None = None
+        self.batches = 0
+        self.jobs = 0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="store-writer")
+
+    async def submit(self, job: Job[T]) -> T:
+        if self._task is None or self._task.done():
+            raise RuntimeError("store writer is not running")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._pending.append((job, future))
+        self._idle.clear()
+        self._wake.set()
+        # The write goes on even if the caller is cancelled (its socket closed):
+        # what a client sent and the server accepted is kept.
+        return await asyncio.shield(future)
+
+    async def close(self) -> None:
+        """Commit what is queued, then stop."""
+        if self._task is not None and not self._task.done():
+            await self._idle.wait()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                await self._commit(batch)
+            self._idle.set()
+
+    async def _commit(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            await self._runner.execute(self._begin)
+            for job, future in batch:
+                try:
+                    outcomes.append((future, await job(self._runner), None))
+                except StoreError as exc:
+                    outcomes.append((future, None, exc))
+            await self._runner.execute("COMMIT")
+        except Exception as exc:  # noqa: BLE001 - isolate the job that broke the batch
+            try:
+                await self._runner.execute("ROLLBACK")
+            except Exception as rollback_error:  # noqa: BLE001 - the connection is gone: nothing left to undo
+                log.debug("rollback failed: %r", rollback_error)
+            if len(batch) > 1:
+                for item in batch:
+                    await self._commit([item])
+                return
+            log.error("store write failed: %r", exc)
+            _settle(batch[0][1], None, exc)
+            return
+        self.batches += 1
+        self.jobs += len(batch)
+        for future, result, error in outcomes:
+            _settle(future, result, error)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
+
+
+def schema_statements(text: str) -> list[str]:
+    lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
+    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
+
+
+class Db:
+    """The database of one server process."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        self.database = databases.Database(url)
+        self._held: list[Connection] = []
+        self._reader: Runner | None = None
+        self.writer: GroupCommitWriter | None = None
+
+    async def connect(self) -> None:
+        await self.database.connect()
+        writer_conn = await self._hold()
+        if self.is_sqlite:
+            writer: Runner = SqliteRunner(writer_conn.raw_connection)
+            reader_conn = await self._hold()
+            self._reader = SqliteRunner(reader_conn.raw_connection)
+            for runner in (writer, self._reader):
+                for pragma in SQLITE_PRAGMAS:
+                    await runner.execute(pragma)
+            # IMMEDIATE takes the write lock up front: a deferred transaction
+            # that reads first can fail to upgrade when another process wrote.
+            begin = "BEGIN IMMEDIATE"
+        else:
+            writer = PgRunner(writer_conn.raw_connection)
+            begin = "BEGIN"
+        await self._apply_schema(writer)
+        self.writer = GroupCommitWriter(writer, begin)
+        self.writer.start()
+
+    async def disconnect(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
+        for conn in reversed(self._held):
+            await conn.__aexit__(None, None, None)
+        self._held.clear()
+        await self.database.disconnect()
+
+    async def _hold(self) -> Connection:
+        conn = Connection(self.database, self.database._backend)
+        await conn.__aenter__()
+        self._held.append(conn)
+        return conn
+
+    async def _apply_schema(self, runner: Runner) -> None:
+        statements = schema_statements(SCHEMA.read_text())
+        if self.is_sqlite:
+            for stmt in statements:
+                await runner.execute(stmt)
+            return
+        await runner.execute(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})")
+        try:
+            for stmt in statements:
+                await runner.execute(stmt)
+        finally:
+            await runner.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
+
+    async def write(self, job: Job[T]) -> T:
+        assert self.writer is not None, "store is not connected"
+        return await self.writer.submit(job)
+
+    async def _read(self, call: Callable[[Runner], Awaitable[T]]) -> T:
+        if self._reader is not None:
+            return await call(self._reader)
+        async with self.database.connection() as conn:
+            return await call(PgRunner(conn.raw_connection))
+
+    async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]:
+        return await self._read(lambda r: r.fetch_all(sql, params))
+
+    async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None:
+        return await self._read(lambda r: r.fetch_one(sql, params))
+
+    async def ping(self) -> None:
+        await self.fetch_one("SELECT 1")

@@ -1,0 +1,17 @@
+"""Domain errors a store call raises; the endpoints map them to error codes."""
+
+
+class StoreError(Exception):
+    code = "invalid_payload"
+
+
+class NotFound(StoreError):
+    code = "not_found"
+
+
+class Forbidden(StoreError):
+    code = "forbidden"
+
+
+class Conflict(StoreError):
+    code = "conflict"
