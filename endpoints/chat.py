@@ -6,7 +6,8 @@ import asyncio
 import re
 
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events import frames, outbound
+from events import chat as frames
+from events import outbound
 from store import messages, rooms, streams
 
 ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

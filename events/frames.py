@@ -1,4 +1,7 @@
-"""Client frames: one typed struct per `type`, validated in one place.
+"""Client frames: the base struct, the frames every endpoint takes, and the decoder.
+
+Each channel names its own frames (`events/chat.py`, ...), one typed struct per
+`type`; this decoder validates all of them in one place.
 
 `decode` turns a text frame into typed frames or `BadFrame`s carrying the
 protocol's error code. A frame may be one object or an array of objects
@@ -10,14 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct
 
 from events import errors
 
-MAX_CONTENT = 10_000
 MAX_BATCH = 50
 
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
@@ -41,60 +43,7 @@ class Sync(Frame):
     since: Seq
 
 
-class ChatMessage(Frame):
-    content: Annotated[str, Meta(max_length=MAX_CONTENT)] = ""
-    message_type: Literal["text", "image", "file"] = "text"
-    file_url: Annotated[str, Meta(max_length=2048)] | None = None
-    file_name: Annotated[str, Meta(max_length=255)] | None = None
-    client_msg_id: ClientMsgId | None = None
-
-    def __post_init__(self) -> None:
-        if self.message_type == "text":
-            if not self.content.strip():
-                raise ValueError("a text message needs non-empty `content`")
-        elif not self.file_url:
-            raise ValueError(f"a `{self.message_type}` message needs `file_url`")
-        if self.file_url is not None and not _safe_url(self.file_url):
-            raise ValueError("`file_url` must be an http(s) URL or a path on this server")
-
-
-def _safe_url(url: str) -> bool:
-    # Other members' clients render it: no javascript:, data: or other schemes.
-    return url.startswith(("https://", "http://")) or (url.startswith("/") and not url.startswith("//"))
-
-
-class TypingStart(Frame):
-    pass
-
-
-class TypingStop(Frame):
-    pass
-
-
-class MarkRead(Frame):
-    message_id: Id
-
-
-class DeleteMessage(Frame):
-    message_id: Id
-
-
-class FetchHistory(Frame):
-    before_seq: Annotated[int, Meta(ge=1, le=2**53)] | None = None
-    limit: Annotated[int, Meta(ge=1, le=100)] = 50
-
-
 COMMON: dict[str, type[Frame]] = {"ping": Ping, "auth": Auth}
-CHAT: dict[str, type[Frame]] = {
-    **COMMON,
-    "sync": Sync,
-    "chat_message": ChatMessage,
-    "typing_start": TypingStart,
-    "typing_stop": TypingStop,
-    "mark_read": MarkRead,
-    "delete_message": DeleteMessage,
-    "fetch_history": FetchHistory,
-}
 
 
 @dataclass(frozen=True, slots=True)
