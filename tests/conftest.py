@@ -131,9 +131,22 @@ def base_settings(tmp_path: Path, **changes: Any) -> Settings:
     return replace(settings, **changes)
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[str]:
+    """Every test on the `server` fixture runs on both stores."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path}/test.db"
+        return
+    from tests.procs import fresh_postgres, require
+
+    require("postgres")
+    async with fresh_postgres() as url:
+        yield url
+
+
 @pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running(base_settings(tmp_path)) as srv:
+async def server(tmp_path: Path, database_url: str) -> AsyncIterator[Server]:
+    async with running(base_settings(tmp_path, database_url=database_url)) as srv:
         yield srv
 
 
