@@ -82,6 +82,12 @@ def create_app(settings: Settings) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         db = Db(settings.database_url)
         await db.connect()
+        if urlparse(settings.broker_url).scheme == "memory" and not await db.claim_sole_process():
+            await db.disconnect()
+            raise SystemExit(
+                "realtime: another server process already uses this database with BROKER_URL=memory://; "
+                "it would split every room between processes: set BROKER_URL=redis://... to run several"
+            )
         hub = Hub(broker(settings.broker_url), StreamLog(db))
         await hub.start()
         runtime = Runtime(settings, db, hub, TokenVerifier(settings.jwt_key, list(settings.jwt_algorithms)))

@@ -14,6 +14,7 @@ SQL is written once, with `?` placeholders; for asyncpg they become `$n`.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import functools
 import logging
 import re
@@ -21,7 +22,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import IO, Any, Protocol, TypeVar
 
 import databases
 from databases.core import Connection
@@ -42,6 +43,7 @@ SQLITE_PRAGMAS = (
 )
 # Any fixed number: serializes schema creation between processes on PostgreSQL.
 SCHEMA_LOCK_KEY = 7_202_611
+SOLE_PROCESS_KEY = 7_202_612
 MAX_BATCH = 512
 
 
@@ -119,7 +121,7 @@ class GroupCommitWriter:
     """
 
     def __init__(self, runner: Runner, begin: str) -> None:
-        self._runner = runner
+        self.runner = runner
         self._begin = begin
         self._pending: list[tuple[Job[Any], asyncio.Future[Any]]] = []
         self._wake = asyncio.Event()
@@ -167,16 +169,16 @@ class GroupCommitWriter:
     async def _commit(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
-            await self._runner.execute(self._begin)
+            await self.runner.execute(self._begin)
             for job, future in batch:
                 try:
-                    outcomes.append((future, await job(self._runner), None))
+                    outcomes.append((future, await job(self.runner), None))
                 except StoreError as exc:
                     outcomes.append((future, None, exc))
-            await self._runner.execute("COMMIT")
+            await self.runner.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - isolate the job that broke the batch
             try:
-                await self._runner.execute("ROLLBACK")
+                await self.runner.execute("ROLLBACK")
             except Exception as rollback_error:  # noqa: BLE001 - the connection is gone: nothing left to undo
                 log.debug("rollback failed: %r", rollback_error)
             if len(batch) > 1:
@@ -201,6 +203,17 @@ def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | Non
         future.set_exception(error)
 
 
+def _flock(path: str) -> IO[str] | None:
+    """An exclusive lock held as long as the returned file stays open."""
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def schema_statements(text: str) -> list[str]:
     lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
@@ -214,6 +227,7 @@ class Db:
         self.is_sqlite = url.startswith("sqlite")
         self.database = databases.Database(url)
         self._held: list[Connection] = []
+        self._lock_file: IO[str] | None = None
         self._reader: Runner | None = None
         self.writer: GroupCommitWriter | None = None
 
@@ -244,6 +258,8 @@ class Db:
             await conn.__aexit__(None, None, None)
         self._held.clear()
         await self.database.disconnect()
+        if self._lock_file is not None:
+            self._lock_file.close()
 
     async def _hold(self) -> Connection:
         conn = Connection(self.database, self.database._backend)
@@ -263,6 +279,24 @@ class Db:
                 await runner.execute(stmt)
         finally:
             await runner.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
+
+    async def claim_sole_process(self) -> bool:
+        """Take a lock that only one server process on this database can hold.
+
+        With the memory broker every process is its own island: a second
+        process on the same database would split every room between them.
+        SQLite: an exclusive flock beside the database file; PostgreSQL: a
+        session advisory lock on the writer connection. Both end with the process.
+        """
+        if self.is_sqlite:
+            path = self.database.url.database or ":memory:"
+            if path == ":memory:":
+                return True
+            self._lock_file = _flock(f"{path}.sole-process.lock")
+            return self._lock_file is not None
+        assert self.writer is not None
+        row = await self.writer.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
+        return bool(row and row[0])
 
     async def write(self, job: Job[T]) -> T:
         assert self.writer is not None, "store is not connected"
