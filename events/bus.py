@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -30,6 +31,8 @@ log = logging.getLogger("realtime.bus")
 # A pseudo-channel a broker backend emits after a reconnect: events may be
 # missing. The NUL keeps it apart from every topic name.
 GAP = "\x00gap"
+# Persisted events kept for republishing while the broker refuses them.
+MAX_UNSENT = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +89,8 @@ class Hub:
         self.source = source
         self.topics: dict[str, Topic] = {}
         self._listener: asyncio.Task[None] | None = None
+        self._unsent: deque[tuple[str, Delivery]] = deque()
+        self._republisher: asyncio.Task[None] | None = None
         self.publish_failures = 0
         self.on_publish_failure: Callable[[], None] | None = None
 
@@ -94,6 +99,8 @@ class Hub:
         self._listener = asyncio.create_task(self._listen(), name="hub-listener")
 
     async def stop(self) -> None:
+        if self._republisher is not None:
+            self._republisher.cancel()
         if self._listener is not None:
             self._listener.cancel()
             try:
@@ -148,8 +155,18 @@ class Hub:
             del self.topics[name]
 
     async def publish(self, name: str, delivery: Delivery) -> None:
-        """Hand one event to the broker. Persisted events that fail here are
-        refilled from the store after the broker comes back."""
+        """Hand one event to the broker.
+
+        A persisted event that cannot be published now is kept and published
+        again until the broker takes it: it is committed, so every process must
+        see it, even one that never noticed the broker was away (a dropped
+        publishing connection gives the listeners no gap). Receivers drop the
+        copies they already have by seq. Ephemeral events (typing) are dropped.
+        """
+        if self._unsent:
+            if delivery.seq:
+                self._keep(name, delivery)
+            return
         try:
             await self.backend.publish(name, pack(delivery))
         except Exception as exc:  # noqa: BLE001 - a broker outage must not fail the request
@@ -157,6 +174,29 @@ class Hub:
             if self.on_publish_failure is not None:
                 self.on_publish_failure()
             log.warning("publish to %s failed: %r", name, exc)
+            if delivery.seq:
+                self._keep(name, delivery)
+
+    def _keep(self, name: str, delivery: Delivery) -> None:
+        if len(self._unsent) >= MAX_UNSENT:
+            # Receivers still catch up from the store at their next gap or event.
+            self._unsent.popleft()
+        self._unsent.append((name, delivery))
+        if self._republisher is None or self._republisher.done():
+            self._republisher = asyncio.create_task(self._republish(), name="hub-republish")
+
+    async def _republish(self) -> None:
+        delay = 0.05
+        while self._unsent:
+            name, delivery = self._unsent[0]
+            try:
+                await self.backend.publish(name, pack(delivery))
+            except Exception:  # noqa: BLE001 - still away: wait and try again
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._unsent.popleft()
+            delay = 0.05
 
     def local_subscribers(self, name: str) -> int:
         topic = self.topics.get(name)
