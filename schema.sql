@@ -64,3 +64,93 @@ CREATE TABLE IF NOT EXISTS message_reads (
     read_at    TEXT NOT NULL,
     PRIMARY KEY (message_id, user_id)
 );
+
+-- status: waiting -> in_progress -> completed, or waiting -> cancelled.
+-- end_reason: why it ended (time_up, ...) or the cancellation's reason.
+CREATE TABLE IF NOT EXISTS consultations (
+    id               TEXT PRIMARY KEY,
+    expert_id        BIGINT NOT NULL,
+    client_id        BIGINT NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'waiting',
+    scheduled_start  TEXT,
+    duration_minutes INTEGER NOT NULL DEFAULT 50,
+    started_at       TEXT,
+    ends_at          TEXT,
+    ended_at         TEXT,
+    end_reason       TEXT,
+    created_at       TEXT NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS consultations_status_ends ON consultations (status, ends_at);
+
+-- status: open -> accepted | rejected.
+CREATE TABLE IF NOT EXISTS consultation_extensions (
+    id               TEXT PRIMARY KEY,
+    consultation_id  TEXT NOT NULL REFERENCES consultations (id) ON DELETE CASCADE,
+    requested_by     BIGINT NOT NULL,
+    duration_minutes INTEGER NOT NULL,
+    status           TEXT NOT NULL DEFAULT 'open',
+    created_at       TEXT NOT NULL,
+    answered_at      TEXT
+);
+
+-- At most one open request per consultation, on both databases.
+CREATE UNIQUE INDEX IF NOT EXISTS consultation_extensions_open
+    ON consultation_extensions (consultation_id) WHERE status = 'open';
+
+-- Reservation chat: a client's requests to an expert and their whole life,
+-- and the messages between the two. `seq` comes from the expert's counter
+-- (`reservation:<expert_id>` in streams), so order is exact within a millisecond.
+CREATE TABLE IF NOT EXISTS reservation_requests (
+    id              TEXT PRIMARY KEY,
+    expert_id       BIGINT NOT NULL,
+    client_id       BIGINT NOT NULL,
+    client_name     TEXT NOT NULL,
+    seq             BIGINT NOT NULL,
+    child_name      TEXT NOT NULL,
+    requested_date  TEXT NOT NULL,
+    requested_time  TEXT NOT NULL,
+    concern_summary TEXT NOT NULL,
+    status          TEXT NOT NULL DEFAULT 'pending',
+    reason          TEXT,
+    client_msg_id   TEXT,
+    created_at      TEXT NOT NULL,
+    answered_at     TEXT
+);
+
+CREATE INDEX IF NOT EXISTS reservation_requests_expert ON reservation_requests (expert_id, status, seq);
+CREATE INDEX IF NOT EXISTS reservation_requests_client ON reservation_requests (expert_id, client_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS reservation_requests_client_msg_id
+    ON reservation_requests (expert_id, client_id, client_msg_id);
+
+CREATE TABLE IF NOT EXISTS reservation_messages (
+    id            TEXT PRIMARY KEY,
+    expert_id     BIGINT NOT NULL,
+    client_id     BIGINT NOT NULL,
+    client_name   TEXT NOT NULL,
+    seq           BIGINT NOT NULL,
+    sender        TEXT NOT NULL,
+    message       TEXT NOT NULL,
+    client_msg_id TEXT,
+    created_at    TEXT NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS reservation_messages_thread ON reservation_messages (expert_id, client_id, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS reservation_messages_client_msg_id
+    ON reservation_messages (expert_id, client_id, sender, client_msg_id);
+
+-- Per-user notifications; `seq` is the user's stream seq of `new_notification`,
+-- `read_seq` the seq of the event that read it (NULL: unread).
+CREATE TABLE IF NOT EXISTS notifications (
+    id         TEXT PRIMARY KEY,
+    user_id    BIGINT NOT NULL,
+    seq        BIGINT NOT NULL,
+    type       TEXT NOT NULL,
+    title      TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    action_url TEXT,
+    read_seq   BIGINT,
+    created_at TEXT NOT NULL
+);
+
+CREATE UNIQUE INDEX IF NOT EXISTS notifications_user_seq ON notifications (user_id, seq);

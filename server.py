@@ -22,11 +22,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import api, dev, files
+from endpoints import api, consultation_api, control, dev, files, notifications_api
 from endpoints.auth import TokenVerifier
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
+from endpoints.chat_presence import ChatPresence
+from endpoints.consultation import ConsultationEndpoint, describe_agora
+from endpoints.notifications import NotificationsEndpoint
+from endpoints.reservation import ReservationEndpoint
 from endpoints.runtime import Runtime
+from endpoints.scheduler import Scheduler
+from events import presence
 from events.bus import Hub
 from settings import Settings, SettingsError, from_env
 from store.db import Db
@@ -36,6 +42,10 @@ log = logging.getLogger("realtime.server")
 
 SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
     ("/ws/chat/{room_id}", ChatEndpoint),
+    ("/ws/consultation/{consultation_id}", ConsultationEndpoint),
+    ("/ws/reservation-chat/{expert_id}", ReservationEndpoint),
+    ("/ws/notifications", NotificationsEndpoint),
+    ("/ws/notifications/{user_id}", NotificationsEndpoint),
 ]
 
 
@@ -90,20 +100,37 @@ def create_app(settings: Settings) -> Starlette:
             )
         hub = Hub(broker(settings.broker_url), StreamLog(db))
         await hub.start()
-        runtime = Runtime(settings, db, hub, TokenVerifier(settings.jwt_key, list(settings.jwt_algorithms)))
+        verifier = TokenVerifier(settings.jwt_key, list(settings.jwt_algorithms))
+        runtime = Runtime(
+            settings,
+            db,
+            hub,
+            verifier,
+            presence=presence.for_settings(settings),
+            chat_presence=ChatPresence.for_settings(settings),
+        )
         app.state.runtime = runtime
+        await control.listen(runtime)
+        describe_agora(settings)
         if settings.dev_mode:
             port = os.environ.get("PORT", "8000")
             await dev.seed(runtime, f"ws://127.0.0.1:{port}")
+        scheduler = Scheduler(runtime)
+        scheduler.start()
         try:
             yield {}
         finally:
+            await scheduler.stop()
             await hub.stop()
+            await runtime.presence.close()
+            await runtime.chat_presence.close()
             await db.disconnect()
 
     routes: list[BaseRoute] = [
         *socket_routes(),
         *api.routes,
+        *consultation_api.routes,
+        *notifications_api.routes,
         *files.routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -48,9 +48,14 @@ class Settings:
     status_interval: float = 30.0
     presence_timeout: float = 30.0
     workers: int = 1
+    rate_limit: float = 20.0
+    rate_burst: float = 40.0
+    max_sockets_per_user: int = 20
+    max_pending_auth: int = 1000
+    token_expiry: str = "ignore"
+    token_grace: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def jwt_key(self) -> str:
@@ -101,6 +106,10 @@ class Settings:
             )
         if bool(self.agora_app_id) != bool(self.agora_app_certificate):
             raise SettingsError("AGORA_APP_ID and AGORA_APP_CERTIFICATE go together")
+        if self.token_expiry not in ("ignore", "close"):
+            raise SettingsError(f"TOKEN_EXPIRY: {self.token_expiry!r} is not ignore or close")
+        if self.rate_burst < 1:
+            raise SettingsError("RATE_BURST: must be at least 1")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
         return self
@@ -132,6 +141,12 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         status_interval=reader.float("STATUS_INTERVAL", Settings.status_interval),
         presence_timeout=reader.float("PRESENCE_TIMEOUT", Settings.presence_timeout),
         workers=reader.int("WEB_CONCURRENCY", 1, 1),
+        rate_limit=reader.float("RATE_LIMIT", Settings.rate_limit),
+        rate_burst=reader.float("RATE_BURST", Settings.rate_burst),
+        max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1),
+        max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1),
+        token_expiry=(reader.str("TOKEN_EXPIRY") or Settings.token_expiry).lower(),
+        token_grace=reader.float("TOKEN_GRACE", Settings.token_grace),
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),
         log_format=(reader.str("LOG_FORMAT") or "text").lower(),
     )

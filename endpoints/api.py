@@ -16,6 +16,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from endpoints import control
 from endpoints.chat import ID
 from endpoints.runtime import Runtime
 from store import rooms, users
@@ -132,7 +133,15 @@ async def delete_member(request: Request, rt: Runtime) -> Response:
     return Response(status_code=204)
 
 
+@service
+async def disconnect_user(request: Request, rt: Runtime) -> Response:
+    user_id = path_user(request)
+    await control.disconnect(rt, user_id)
+    return JSONResponse({"user_id": user_id}, status_code=202)
+
+
 routes = [
+    Route("/api/users/{user_id}/disconnect", disconnect_user, methods=["POST"]),
     Route("/api/users/{user_id}", put_user, methods=["PUT"]),
     Route("/api/rooms", post_room, methods=["POST"]),
     Route("/api/rooms/{room_id}/members/{user_id}", put_member, methods=["PUT"]),

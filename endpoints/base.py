@@ -17,6 +17,7 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.websockets import WebSocket
 
 from endpoints.auth import AuthError, Identity, token_from_scope
+from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
 from endpoints.outbound import Outbound
 from endpoints.runtime import Runtime
 from events import errors, outbound
@@ -28,8 +29,10 @@ from store.errors import StoreError
 log = logging.getLogger("realtime.ws")
 
 NORMAL = 1000
+POLICY = 1008
 TOO_BIG = 1009
 SERVER_ERROR = 1011
+TRY_AGAIN = 1013
 NOT_AUTHENTICATED = 4001
 FORBIDDEN = 4003
 NOT_FOUND = 4004
@@ -78,11 +81,19 @@ class BaseEndpoint(WebSocketEndpoint):
         self.tasks: set[asyncio.Task[Any]] = set()
         self.out = Outbound(self.send, self.rt.settings.outbound_queue)
         self.out.on_closed = self._lost
+        self.bucket = TokenBucket(self.rt.settings.rate_limit, self.rt.settings.rate_burst)
+        self.abuse = AbuseMeter()
+        self.expiry: asyncio.TimerHandle | None = None
         self.opened_at = time.monotonic()
         self.close_code = NORMAL
         # Accept first: a close before accept reaches a browser as a bare HTTP 403.
         await websocket.accept()
         try:
+            origin = websocket.headers.get("origin")
+            allowed = self.rt.settings.allowed_origins
+            if origin is not None and allowed and origin not in allowed:
+                # Cross-site WebSocket hijacking: a cookie would authenticate another site's page.
+                raise Refused(POLICY, "origin not allowed")
             token = token_from_scope(websocket.query_params, websocket.headers)
             via_frame = token is None
             if token is None:
@@ -92,9 +103,12 @@ class BaseEndpoint(WebSocketEndpoint):
                 return
             self.identity = identity
             self.user_id = identity.user_id
+            if len(self.rt.sockets.get(self.user_id, ())) >= self.rt.settings.max_sockets_per_user:
+                raise Refused(POLICY, "too many sockets for this user")
             self.user = await self.rt.profile(identity)
             if via_frame:
                 self.out.push(outbound.auth_ok(self.user))
+            self._watch_expiry()
             await self.authorize()
             await self._join()
             await self.opened()
@@ -115,11 +129,18 @@ class BaseEndpoint(WebSocketEndpoint):
             return None
 
     async def _first_frame_token(self) -> str | None:
+        rt = self.rt
+        if rt.pending_auth >= rt.settings.max_pending_auth:
+            self._close(TRY_AGAIN, "too many unauthenticated sockets")
+            return None
+        rt.pending_auth += 1
         try:
-            message = await asyncio.wait_for(self.receive(), self.rt.settings.auth_timeout)
+            message = await asyncio.wait_for(self.receive(), rt.settings.auth_timeout)
         except TimeoutError:
             self._close(NOT_AUTHENTICATED, "no token")
             return None
+        finally:
+            rt.pending_auth -= 1
         if message["type"] != "websocket.receive":
             self.close_code = int(message.get("code") or NORMAL)
             return None
@@ -154,10 +175,19 @@ class BaseEndpoint(WebSocketEndpoint):
                 self._close(TOO_BIG, f"frame over {limit} bytes")
                 return
             for item in decode(text, self.kinds):
-                if isinstance(item, BadFrame):
+                if not self._allow(item):
+                    if self.abuse.reject():
+                        self._close(POLICY, "rate limit exceeded")
+                        return
+                    self.reply_error(errors.RATE_LIMITED, "too many frames; slow down", _type_of(item))
+                elif isinstance(item, BadFrame):
                     self.reply_error(item.code, item.message, item.request_type, item.client_msg_id)
                 else:
                     await self._handle(item)
+
+    def _allow(self, item: Decoded | BadFrame) -> bool:
+        cost = CHEAP.get(_type_of(item) or "", 1.0)
+        return self.bucket.take(cost) and self.rt.user_bucket(self.user_id).take(cost)
 
     async def _handle(self, item: Decoded) -> None:
         try:
@@ -170,6 +200,8 @@ class BaseEndpoint(WebSocketEndpoint):
             await self.closing()
         except Exception:
             log.exception("%s socket cleanup failed", self.channel)
+        if self.expiry is not None:
+            self.expiry.cancel()
         for task in list(self.tasks):
             task.cancel()
         for topic in self.joined:
@@ -180,6 +212,7 @@ class BaseEndpoint(WebSocketEndpoint):
             sockets.discard(self)
             if not sockets:
                 del self.rt.sockets[self.user_id]
+                self.rt.user_buckets.pop(self.user_id, None)
         await self.out.drained(timeout=2.0)
         if self.user_id:
             log.info(
@@ -189,6 +222,26 @@ class BaseEndpoint(WebSocketEndpoint):
                 time.monotonic() - self.opened_at,
                 self.close_code,
             )
+
+    def _watch_expiry(self) -> None:
+        """With TOKEN_EXPIRY=close, an `exp` that passes during the connection
+        is honoured: `token_expiring`, a grace period for a fresh `auth`, then 4001."""
+        if self.rt.settings.token_expiry != "close":
+            return
+        if self.expiry is not None:
+            self.expiry.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, self.identity.expires_at - time.time())
+        self.expiry = loop.call_later(delay, self._token_expired)
+
+    def _token_expired(self) -> None:
+        grace = self.rt.settings.token_grace
+        self.out.push(outbound.token_expiring(self.identity.expires_at, grace))
+        self.expiry = asyncio.get_running_loop().call_later(grace, self._close, NOT_AUTHENTICATED, "token expired")
+
+    def close_for(self, code: int, reason: str) -> None:
+        """Close from outside the socket's own task (the server API, shutdown)."""
+        self._close(code, reason)
 
     def _close(self, code: int, reason: str) -> None:
         self.close_code = code
@@ -291,7 +344,12 @@ class BaseEndpoint(WebSocketEndpoint):
             self.reply_error(errors.FORBIDDEN, "the token is for another user", "auth")
             return
         self.identity = identity
+        self._watch_expiry()
         self.out.push(outbound.auth_ok(self.user))
+
+
+def _type_of(item: Decoded | BadFrame) -> str | None:
+    return item.type if isinstance(item, Decoded) else item.request_type
 
 
 def _reason(exc: Exception) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 
+from endpoints import notify
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
 from events import chat as frames
 from events import outbound
@@ -31,6 +32,7 @@ class ChatEndpoint(BaseEndpoint):
         self.topics = [self.stream]
 
     async def opened(self) -> None:
+        await self.rt.chat_presence.enter(self, self.room_id)
         await self.catch_up(self.since_param())
 
     async def snapshot(self) -> int:
@@ -41,6 +43,7 @@ class ChatEndpoint(BaseEndpoint):
 
     async def closing(self) -> None:
         await self._stop_typing()
+        await self.rt.chat_presence.leave(self)
 
     # ---- frames ------------------------------------------------------------------
 
@@ -61,6 +64,8 @@ class ChatEndpoint(BaseEndpoint):
             self.out.push(outbound.chat_message(posted.message))
             return
         await self.publish(self.stream, "chat_message", posted.frame, posted.seq)
+        # Members away from the room get a notification, off the hot path.
+        self.spawn(notify.chat_message(self.rt, self.room_id, posted.message))
 
     async def handle_typing_start(self, frame: frames.TypingStart) -> None:
         loop = asyncio.get_running_loop()

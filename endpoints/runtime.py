@@ -8,7 +8,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from endpoints.auth import Identity, TokenVerifier
+from endpoints.chat_presence import ChatPresence
+from endpoints.limits import TokenBucket
 from events.bus import Hub
+from events.presence import MemoryPresence, Presence
 from settings import Settings
 from store import users
 from store.db import Db
@@ -24,6 +27,13 @@ class Runtime:
     hub: Hub
     verifier: TokenVerifier
     sockets: dict[int, set[BaseEndpoint]] = field(default_factory=lambda: defaultdict(set))
+    # One frame budget per user across their sockets in this process.
+    user_buckets: dict[int, TokenBucket] = field(default_factory=dict)
+    pending_auth: int = 0
+    # Consultation presence; the lifespan passes the one the broker calls for.
+    presence: Presence = field(default_factory=MemoryPresence)
+    # Who has a chat socket open on which room (chat notifications); the lifespan passes it.
+    chat_presence: ChatPresence = field(default_factory=ChatPresence)
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the
@@ -40,6 +50,21 @@ class Runtime:
         if image:
             user["profile_image"] = image
         return user
+
+    def user_bucket(self, user_id: int) -> TokenBucket:
+        bucket = self.user_buckets.get(user_id)
+        if bucket is None:
+            # Twice one socket's budget: a second tab works, a swarm of them does not.
+            rate, burst = self.settings.rate_limit * 2, self.settings.rate_burst * 2
+            bucket = self.user_buckets[user_id] = TokenBucket(rate, burst)
+        return bucket
+
+    def close_user(self, user_id: int, code: int, reason: str) -> int:
+        """Close this process's sockets of one user; returns how many."""
+        sockets = list(self.sockets.get(user_id, ()))
+        for endpoint in sockets:
+            endpoint.close_for(code, reason)
+        return len(sockets)
 
     def open_sockets(self) -> int:
         return sum(len(s) for s in self.sockets.values())

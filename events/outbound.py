@@ -35,6 +35,10 @@ def auth_ok(user: dict[str, Any]) -> str:
     return encode({"type": "auth_ok", "user": user})
 
 
+def token_expiring(expires_at: int, grace_seconds: float) -> str:
+    return encode({"type": "token_expiring", "expires_at": expires_at, "grace_seconds": grace_seconds})
+
+
 def message_history(messages: list[dict[str, Any]], has_more: bool, last_seq: int) -> str:
     return encode({"type": "message_history", "messages": messages, "has_more": has_more, "last_seq": last_seq})
 

@@ -20,6 +20,7 @@ import logging
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, Protocol, TypeVar
@@ -57,6 +58,10 @@ def new_id() -> str:
 
 
 class Runner(Protocol):
+    # Appended to a read inside a write to lock its rows (PostgreSQL); SQLite's
+    # write transaction already holds the whole file.
+    for_update: str
+
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
@@ -65,6 +70,8 @@ class Runner(Protocol):
 
 class SqliteRunner:
     """Statements on one aiosqlite connection: one thread hop per call."""
+
+    for_update = ""
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -92,6 +99,8 @@ def to_dollar(sql: str) -> str:
 
 
 class PgRunner:
+    for_update = " FOR UPDATE"
+
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
@@ -111,6 +120,24 @@ class PgRunner:
 Job = Callable[[Runner], Awaitable[T]]
 
 
+class BatchKind(Protocol):
+    """Writes of one kind that run together: one statement for the whole batch
+    (the driver's `executemany`) instead of a round trip per item."""
+
+    async def run(self, tx: Runner, items: list[Any]) -> list[Any]:
+        """One result per item, in order; a `StoreError` in place of a refused item."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Batched:
+    kind: BatchKind
+    item: Any
+
+
+Entry = tuple[Job[Any] | Batched, asyncio.Future[Any]]
+
+
 class GroupCommitWriter:
     """One writing connection; jobs that queue up meanwhile share one transaction.
 
@@ -123,7 +150,7 @@ class GroupCommitWriter:
     def __init__(self, runner: Runner, begin: str) -> None:
         self.runner = runner
         self._begin = begin
-        self._pending: list[tuple[Job[Any], asyncio.Future[Any]]] = []
+        self._pending: list[Entry] = []
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -134,7 +161,7 @@ class GroupCommitWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="store-writer")
 
-    async def submit(self, job: Job[T]) -> T:
+    async def submit(self, job: Job[T] | Batched) -> T:
         if self._task is None or self._task.done():
             raise RuntimeError("store writer is not running")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
@@ -166,11 +193,19 @@ class GroupCommitWriter:
                 await self._commit(batch)
             self._idle.set()
 
-    async def _commit(self, batch: list[tuple[Job[Any], asyncio.Future[Any]]]) -> None:
+    async def _commit(self, batch: list[Entry]) -> None:
         outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
         try:
             await self.runner.execute(self._begin)
-            for job, future in batch:
+            for group in _runs(batch):
+                job = group[0][0]
+                if isinstance(job, Batched):
+                    results = await job.kind.run(self.runner, [entry[0].item for entry in group])  # type: ignore[union-attr]
+                    for (_, future), result in zip(group, results, strict=True):
+                        failed = isinstance(result, StoreError)
+                        outcomes.append((future, None if failed else result, result if failed else None))
+                    continue
+                future = group[0][1]
                 try:
                     outcomes.append((future, await job(self.runner), None))
                 except StoreError as exc:
@@ -192,6 +227,19 @@ class GroupCommitWriter:
         self.jobs += len(batch)
         for future, result, error in outcomes:
             _settle(future, result, error)
+
+
+def _runs(batch: list[Entry]) -> list[list[Entry]]:
+    """Consecutive batched entries of one kind together; every plain job alone."""
+    runs: list[list[Entry]] = []
+    for entry in batch:
+        job = entry[0]
+        previous = runs[-1][0][0] if runs else None
+        if isinstance(job, Batched) and isinstance(previous, Batched) and previous.kind is job.kind:
+            runs[-1].append(entry)
+        else:
+            runs.append([entry])
+    return runs
 
 
 def _settle(future: asyncio.Future[Any], result: Any, error: BaseException | None) -> None:
@@ -301,6 +349,10 @@ class Db:
     async def write(self, job: Job[T]) -> T:
         assert self.writer is not None, "store is not connected"
         return await self.writer.submit(job)
+
+    async def write_batched(self, kind: BatchKind, item: Any) -> Any:
+        assert self.writer is not None, "store is not connected"
+        return await self.writer.submit(Batched(kind, item))
 
     async def _read(self, call: Callable[[Runner], Awaitable[T]]) -> T:
         if self._reader is not None:

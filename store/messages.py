@@ -48,6 +48,88 @@ def to_record(row: Row, is_read: bool) -> dict[str, Any]:
     return record
 
 
+@dataclass(frozen=True, slots=True)
+class NewMessage:
+    room_id: str
+    sender: dict[str, Any]
+    content: str
+    message_type: str = "text"
+    file_url: str | None = None
+    file_name: str | None = None
+    client_msg_id: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int, str | None]:
+        return (self.room_id, int(self.sender["id"]), self.client_msg_id)
+
+
+class PostMessages:
+    """Chat messages of a whole group commit in a handful of statements:
+    one look-up of repeated `client_msg_id`s, one seq reservation per batch,
+    and `executemany` for the rows and their stream events."""
+
+    async def run(self, tx: Runner, items: list[NewMessage]) -> list[Posted]:
+        results: list[Posted | None] = [None] * len(items)
+        earlier = await self._earlier(tx, [item for item in items if item.client_msg_id is not None])
+        first_of: dict[tuple[str, int, str | None], int] = {}
+        fresh: list[int] = []
+        for index, item in enumerate(items):
+            if item.client_msg_id is not None:
+                if item.key in earlier:
+                    results[index] = earlier[item.key]
+                    continue
+                if item.key in first_of:
+                    continue  # a repeat inside this batch: answered below with the first
+                first_of[item.key] = index
+            fresh.append(index)
+        if fresh:
+            counts: dict[str, int] = {}
+            for index in fresh:
+                stream = streams.chat_stream(items[index].room_id)
+                counts[stream] = counts.get(stream, 0) + 1
+            seqs = await streams.advance(tx, counts)
+            rows, events = [], []
+            for index in fresh:
+                item = items[index]
+                stream = streams.chat_stream(item.room_id)
+                seqs[stream] += 1
+                seq = seqs[stream]
+                row = (
+                    new_id(), seq, item.room_id, item.sender["id"], item.sender["name"],
+                    item.sender.get("profile_image"), item.content, item.message_type, item.file_url,
+                    item.file_name, item.client_msg_id, utc_now(),
+                )  # fmt: skip
+                record = to_record(row, False)
+                text = streams.frame("chat_message", seq, {"message": record})
+                rows.append(row)
+                events.append((stream, seq, text))
+                results[index] = Posted(record, text, seq)
+            await tx.executemany(f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
+            await tx.executemany("INSERT INTO stream_events (stream, seq, frame) VALUES (?, ?, ?)", events)
+        for index, item in enumerate(items):
+            if results[index] is None:
+                original = results[first_of[item.key]]
+                assert original is not None
+                results[index] = Posted(original.message, None, original.seq)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    async def _earlier(tx: Runner, keyed: list[NewMessage]) -> dict[tuple[str, int, str | None], Posted]:
+        if not keyed:
+            return {}
+        where = " OR ".join(["(room_id = ? AND sender_id = ? AND client_msg_id = ?)"] * len(keyed))
+        params = [value for item in keyed for value in item.key]
+        rows = await tx.fetch_all(f"SELECT {COLUMNS}, {IS_READ} FROM messages m WHERE {where}", params)
+        found = {}
+        for row in rows:
+            record = to_record(row, bool(row[12]))
+            found[(row[2], int(row[3]), row[10])] = Posted(record, None, int(row[1]))
+        return found
+
+
+POST = PostMessages()
+
+
 async def post(
     db: Db,
     room_id: str,
@@ -58,38 +140,9 @@ async def post(
     file_name: str | None = None,
     client_msg_id: str | None = None,
 ) -> Posted:
-    stream = streams.chat_stream(room_id)
-
-    async def job(tx: Runner) -> Posted:
-        if client_msg_id is not None:
-            row = await tx.fetch_one(
-                f"SELECT {COLUMNS}, {IS_READ} FROM messages m "
-                "WHERE room_id = ? AND sender_id = ? AND client_msg_id = ?",
-                (room_id, sender["id"], client_msg_id),
-            )
-            if row is not None:
-                return Posted(to_record(row, bool(row[12])), None, int(row[1]))
-        seq = await streams.next_seq(tx, stream)
-        row = (
-            new_id(),
-            seq,
-            room_id,
-            sender["id"],
-            sender["name"],
-            sender.get("profile_image"),
-            content,
-            message_type,
-            file_url,
-            file_name,
-            client_msg_id,
-            utc_now(),
-        )
-        await tx.execute(f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join('?' * 12)})", row)
-        record = to_record(row, False)
-        _, text = await streams.append(tx, stream, "chat_message", {"message": record}, seq=seq)
-        return Posted(record, text, seq)
-
-    return await db.write(job)
+    """Store one message (or find the one this `client_msg_id` already stored)."""
+    item = NewMessage(room_id, sender, content, message_type, file_url, file_name, client_msg_id)
+    return await db.write_batched(POST, item)
 
 
 async def history(db: Db, room_id: str, before_seq: int | None, limit: int) -> tuple[list[dict[str, Any]], bool]:

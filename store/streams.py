@@ -43,6 +43,24 @@ async def next_seq(tx: Runner, stream: str) -> int:
     return int(row[0])
 
 
+async def advance(tx: Runner, counts: dict[str, int]) -> dict[str, int]:
+    """Reserve `count` seqs on each stream at once; returns each stream's last seq before."""
+    names = sorted(counts)
+    # Rows first: on PostgreSQL this waits for a concurrent creator to commit,
+    # so the locking read below sees the row and the numbers stay unique.
+    await tx.executemany(
+        "INSERT INTO streams (stream, last_seq) VALUES (?, 0) ON CONFLICT (stream) DO NOTHING",
+        [(name,) for name in names],
+    )
+    marks = ", ".join("?" * len(names))
+    rows = await tx.fetch_all(f"SELECT stream, last_seq FROM streams WHERE stream IN ({marks}){tx.for_update}", names)
+    before = {row[0]: int(row[1]) for row in rows}
+    await tx.executemany(
+        "UPDATE streams SET last_seq = ? WHERE stream = ?", [(before[name] + counts[name], name) for name in names]
+    )
+    return before
+
+
 def frame(type_: str, seq: int, body: dict[str, Any]) -> str:
     """The wire frame of a persisted event: `type` and `seq` first, then the body."""
     return _encode({"type": type_, "seq": seq, **body}).decode()

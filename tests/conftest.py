@@ -145,8 +145,11 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture
-async def server(tmp_path: Path, database_url: str) -> AsyncIterator[Server]:
-    async with running(base_settings(tmp_path, database_url=database_url)) as srv:
+async def server(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> AsyncIterator[Server]:
+    """A server on a fresh database; `@pytest.mark.settings(name=value)` changes its settings."""
+    marker = request.node.get_closest_marker("settings")
+    changes = marker.kwargs if marker else {}
+    async with running(base_settings(tmp_path, database_url=database_url, **changes)) as srv:
         yield srv
 
 

@@ -6,6 +6,8 @@ import asyncio
 import json
 import socket
 
+import pytest
+
 from tests.conftest import Server, chat, token, ws
 
 SHAPE = {"id", "seq", "room_id", "sender", "content", "message_type", "created_at", "is_read"}
@@ -46,6 +48,7 @@ async def test_history_on_reconnect(server: Server) -> None:
         assert history["has_more"] is False
 
 
+@pytest.mark.settings(rate_burst=100)
 async def test_history_is_the_last_fifty_and_fetch_history_pages_back(server: Server) -> None:
     await server.room("r1", [1])
     async with chat(server, "r1", 1) as a:
@@ -235,7 +238,7 @@ async def test_ping_pong(server: Server) -> None:
 async def test_slow_reader_is_cut_off_while_others_keep_receiving(tmp_path) -> None:
     from tests.conftest import base_settings, running
 
-    async with running(base_settings(tmp_path, outbound_queue=8)) as srv:
+    async with running(base_settings(tmp_path, outbound_queue=8, rate_limit=10_000, rate_burst=10_000)) as srv:
         await srv.room("r1", [1, 2, 3])
         # A client that stops reading: its library buffers little, its kernel
         # buffer is small, so the server's transport soon stops draining.

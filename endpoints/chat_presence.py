@@ -1,0 +1,164 @@
+"""Which users have a chat socket open on which room, on any server process.
+
+The chat notification trigger asks it which members are away from a room.
+
+With `BROKER_URL=memory://` there is one process, and its socket registry
+(`Runtime.sockets`) is the whole answer. With Redis, each room also has a sorted set
+`<namespace>chat:<room_id>` whose members are `<user_id>:<process>`, scored by
+an expiry time: a process adds a member when a user's first socket on the room
+opens there, removes it when the last one closes, and refreshes its members
+every TTL/3. A process that dies without cleaning up drops out after the TTL
+(until then its users count as present: at worst a missed notification, while
+the message itself is in the room's history). Readers ignore expired scores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import secrets
+import time
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from settings import Settings
+
+if TYPE_CHECKING:
+    from endpoints.base import BaseEndpoint
+
+log = logging.getLogger("realtime.chat_presence")
+
+TTL = 30.0
+IO_TIMEOUT = 2.0
+
+Key = tuple[str, int]  # (room_id, user_id)
+
+
+class ChatPresence:
+    def __init__(self, redis_url: str | None = None, namespace: str = "") -> None:
+        self.redis: Redis | None = None
+        if redis_url is not None:
+            self.redis = Redis.from_url(redis_url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT)
+        self.prefix = namespace + "chat:"
+        self.node = secrets.token_hex(6)
+        self.counts: dict[Key, int] = {}
+        self.entered: dict[BaseEndpoint, Key] = {}
+        self.lock = asyncio.Lock()
+        self.heartbeat: asyncio.Task[None] | None = None
+
+    @classmethod
+    def for_settings(cls, settings: Settings) -> ChatPresence:
+        if urlparse(settings.broker_url).scheme not in ("redis", "rediss"):
+            return cls()
+        # Processes that share a store share presence; other deployments on the same Redis do not.
+        return cls(settings.broker_url, "rt:" + hashlib.sha256(settings.database_url.encode()).hexdigest()[:12] + ":")
+
+    async def enter(self, socket: BaseEndpoint, room_id: str) -> None:
+        if self.redis is None or socket in self.entered:
+            return
+        key = (room_id, socket.user_id)
+        self.entered[socket] = key
+        self.counts[key] = self.counts.get(key, 0) + 1
+        if self.heartbeat is None:
+            self.heartbeat = asyncio.create_task(self._beat(), name="chat-presence-heartbeat")
+        if self.counts[key] == 1:
+            await self._sync(key)
+
+    async def leave(self, socket: BaseEndpoint) -> None:
+        key = self.entered.pop(socket, None)
+        if key is None:
+            return
+        count = self.counts.get(key, 0) - 1
+        if count > 0:
+            self.counts[key] = count
+            return
+        self.counts.pop(key, None)
+        await self._sync(key)
+
+    async def present(
+        self, room_id: str, user_ids: Iterable[int], sockets: Mapping[int, set[BaseEndpoint]]
+    ) -> set[int]:
+        """Those of `user_ids` with a chat socket open on the room; `sockets` is
+        this process's registry (`Runtime.sockets`)."""
+        wanted = set(user_ids)
+        here = {u for u in wanted if _here(sockets, room_id, u)}
+        if self.redis is None or here == wanted:
+            return here
+        try:
+            members = await self.redis.zrangebyscore(self.prefix + room_id, time.time(), "+inf")
+        except (RedisError, OSError) as exc:
+            # Without Redis, notify rather than stay silent: a duplicate beats a miss.
+            log.warning("chat presence unreadable, counting only this process: %r", exc)
+            return here
+        elsewhere = {int(member.split(b":", 1)[0]) for member in members}
+        return here | (elsewhere & wanted)
+
+    async def _sync(self, key: Key) -> None:
+        """Make Redis match `counts` for one key. Under the lock, each call writes
+        the state as it is then, so the last write is the current state."""
+        assert self.redis is not None
+        room_id, user_id = key
+        member = f"{user_id}:{self.node}"
+        try:
+            async with self.lock:
+                if key in self.counts:
+                    pipe = self.redis.pipeline(transaction=False)
+                    pipe.zadd(self.prefix + room_id, {member: time.time() + TTL})
+                    pipe.expire(self.prefix + room_id, int(TTL * 2))
+                    await pipe.execute()
+                else:
+                    await self.redis.zrem(self.prefix + room_id, member)
+        except (RedisError, OSError) as exc:
+            # The heartbeat writes the whole state again once Redis is back.
+            log.warning("chat presence update failed: %r", exc)
+
+    async def _beat(self) -> None:
+        assert self.redis is not None
+        while True:
+            await asyncio.sleep(TTL / 3)
+            try:
+                async with self.lock:
+                    now = time.time()
+                    pipe = self.redis.pipeline(transaction=False)
+                    for room_id, user_id in self.counts:
+                        pipe.zadd(self.prefix + room_id, {f"{user_id}:{self.node}": now + TTL})
+                        pipe.expire(self.prefix + room_id, int(TTL * 2))
+                    for room_id in {room for room, _ in self.counts}:
+                        pipe.zremrangebyscore(self.prefix + room_id, "-inf", now)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                log.warning("chat presence heartbeat failed: %r", exc)
+
+    async def close(self) -> None:
+        """On shutdown: leave every room at once rather than after the TTL."""
+        if self.heartbeat is not None:
+            self.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.heartbeat
+        if self.redis is None:
+            return
+        try:
+            if self.counts:
+                pipe = self.redis.pipeline(transaction=False)
+                for room_id, user_id in self.counts:
+                    pipe.zrem(self.prefix + room_id, f"{user_id}:{self.node}")
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("chat presence cleanup failed: %r", exc)
+        finally:
+            self.counts.clear()
+            self.entered.clear()
+            await self.redis.aclose()
+
+
+def _here(sockets: Mapping[int, set[BaseEndpoint]], room_id: str, user_id: int) -> bool:
+    return any(
+        s.channel == "chat" and getattr(s, "room_id", None) == room_id and not s.out.closed
+        for s in sockets.get(user_id, ())
+    )

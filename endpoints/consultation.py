@@ -1,0 +1,296 @@
+"""`/ws/consultation/{consultation_id}/`: the expert and the client of one
+consultation see each other's presence, start, end or cancel it, extend it,
+and get their own Agora token to join the call.
+
+Every change is published once on the consultation's topic, for both
+participants on every process. Two kinds of frame are finished per socket in
+`deliver`: `consultation_status` and `consultation_started` get the
+recipient's own Agora token (a token is bound to one uid), and participant
+frames are dropped when they would repeat what this socket already shows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from hashlib import sha256
+from typing import Any
+
+import msgspec
+
+from endpoints import agora as rtc
+from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
+from endpoints.chat import ID
+from endpoints.runtime import Runtime
+from events import consultation as frames
+from events.bus import Delivery
+from events.frames import Ping
+from events.outbound import encode
+from settings import Settings
+from store import consultations
+from store.consultations import Consultation
+from store.db import new_id, utc_now
+
+log = logging.getLogger("realtime.consultation")
+
+# A token stays valid this long after the planned end, so a call that runs a
+# little over (or an extension being answered) is not cut off by Agora.
+TOKEN_MARGIN = 600
+AGORA_CHANNEL_MAX = 64
+PERSONAL = frozenset({"consultation_status", "consultation_started", "participant_joined", "participant_left"})
+_decode = msgspec.json.Decoder().decode
+
+
+def topic(consultation_id: str) -> str:
+    return f"consultation:{consultation_id}"
+
+
+# ---- Agora -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Agora:
+    app_id: str
+    certificate: str
+
+    @staticmethod
+    def channel(consultation_id: str) -> str:
+        name = f"consultation-{consultation_id}"
+        if len(name) <= AGORA_CHANNEL_MAX:
+            return name
+        # Agora channel names are at most 64 bytes; `~` never occurs in an id.
+        return "consultation~" + sha256(consultation_id.encode()).hexdigest()[:40]
+
+    def token(self, channel: str, uid: int, ends_at: str) -> str | None:
+        """A publisher token for `uid`, valid until `ends_at` plus the margin."""
+        left = (consultations.parse(ends_at) - datetime.now(UTC)).total_seconds()
+        expire = max(int(left) + TOKEN_MARGIN, TOKEN_MARGIN)
+        try:
+            return rtc.build_rtc_token(self.app_id, self.certificate, channel, uid, rtc.ROLE_PUBLISHER, expire, expire)
+        except ValueError as exc:
+            # An id that is not an Agora uid (over 32 bits): no call, the rest works.
+            log.warning("no Agora token for user %s: %s", uid, exc)
+            return None
+
+
+def agora(settings: Settings) -> Agora | None:
+    if settings.agora_app_id and settings.agora_app_certificate:
+        return Agora(settings.agora_app_id, settings.agora_app_certificate)
+    return None
+
+
+def describe_agora(settings: Settings) -> None:
+    if agora(settings) is None:
+        log.info("AGORA_APP_ID and AGORA_APP_CERTIFICATE are not set: consultations carry no Agora token or channel")
+    else:
+        log.info("Agora tokens on: each consultation participant gets its own publisher token")
+
+
+# ---- what every process publishes --------------------------------------------------
+
+
+async def publish(rt: Runtime, consultation_id: str, type_: str, frame: str, exclude: int = 0) -> None:
+    await rt.hub.publish(topic(consultation_id), Delivery(type_, 0, exclude, frame))
+
+
+def remaining_seconds(c: Consultation) -> int:
+    assert c.ends_at is not None
+    return max(0, math.ceil((consultations.parse(c.ends_at) - datetime.now(UTC)).total_seconds()))
+
+
+async def status_frame(
+    rt: Runtime, c: Consultation, pending: consultations.Extension | None = None, *, look_up: bool = True
+) -> str:
+    """`consultation_status` without the recipient's token. `pending` is the open
+    extension request; `look_up` False means the caller already knows there is none."""
+    data: dict[str, Any] = {
+        "status": c.status,
+        "participants": await rt.presence.participants(c.id),
+        "duration_minutes": c.duration_minutes,
+    }
+    for key in ("scheduled_start", "started_at", "ends_at", "ended_at"):
+        value = getattr(c, key)
+        if value is not None:
+            data[key] = value
+    if c.status == consultations.IN_PROGRESS:
+        data["remaining_seconds"] = remaining_seconds(c)
+        if agora(rt.settings) is not None:
+            data["agora_channel"] = Agora.channel(c.id)
+        if pending is None and look_up:
+            pending = await consultations.open_extension(rt.db, c.id)
+        if pending is not None:
+            # A participant who reconnects still sees the request waiting for an answer.
+            data["pending_extension"] = {
+                "request_id": pending.id,
+                "requested_by": pending.requested_by,
+                "duration_minutes": pending.duration_minutes,
+            }
+    elif c.end_reason is not None:
+        data["reason"] = c.end_reason
+    return frames.consultation_status(data)
+
+
+async def announce_started(rt: Runtime, c: Consultation) -> None:
+    assert c.started_at is not None and c.ends_at is not None
+    channel = Agora.channel(c.id) if agora(rt.settings) is not None else None
+    await publish(rt, c.id, "consultation_started", frames.consultation_started(c.started_at, c.ends_at, channel))
+
+
+async def announce_ended(rt: Runtime, c: Consultation) -> None:
+    assert c.ended_at is not None
+    await publish(rt, c.id, "consultation_ended", frames.consultation_ended(c.ended_at, c.end_reason or "ended"))
+
+
+async def announce_cancelled(rt: Runtime, c: Consultation) -> None:
+    await publish(rt, c.id, "consultation_cancelled", frames.consultation_cancelled(c.end_reason))
+
+
+async def announce_left(rt: Runtime, consultation_id: str, user_id: int) -> None:
+    # The user's own sockets keep showing it: they are the ones it is about.
+    await publish(rt, consultation_id, "participant_left", frames.participant_left(user_id), exclude=user_id)
+
+
+# ---- the socket ----------------------------------------------------------------
+
+
+class ConsultationEndpoint(BaseEndpoint):
+    channel = "consultation"
+    kinds = frames.CONSULTATION
+
+    consultation_id: str
+    role: str
+    conn: str | None = None  # set once this connection counts in the presence
+
+    async def authorize(self) -> None:
+        consultation_id = self.scope["path_params"]["consultation_id"]
+        c = await consultations.get(self.rt.db, consultation_id) if ID.fullmatch(consultation_id) else None
+        if c is None:
+            raise Refused(NOT_FOUND, "no such consultation")
+        role = c.role_of(self.user_id)
+        if role is None:
+            raise Refused(FORBIDDEN, "not a participant of this consultation")
+        self.consultation_id = consultation_id
+        self.role = role
+        self.shown: set[int] = set()
+        self.tokens: dict[tuple[str, str], str | None] = {}
+        self.topics = [topic(consultation_id)]
+
+    async def opened(self) -> None:
+        # Live events wait until the snapshot is out, then go through the same filter.
+        self.buffer = []
+        try:
+            self.conn = new_id()
+            await self._seen()
+            c = await consultations.get(self.rt.db, self.consultation_id)
+            assert c is not None
+            self.out.push(self._complete("consultation_status", await status_frame(self.rt, c)))
+        finally:
+            held, self.buffer = self.buffer, None
+            for delivery in held:
+                self.deliver(delivery)
+
+    async def closing(self) -> None:
+        if self.conn is None:
+            return
+        conn, self.conn = self.conn, None
+        if await self.rt.presence.leave(self.consultation_id, self.user_id, conn):
+            await announce_left(self.rt, self.consultation_id, self.user_id)
+
+    async def _seen(self) -> None:
+        assert self.conn is not None
+        participant = {"id": self.user_id, "name": self.user["name"], "type": self.role, "joined_at": utc_now()}
+        if await self.rt.presence.seen(self.consultation_id, self.user_id, self.conn, participant):
+            await self.publish(
+                topic(self.consultation_id),
+                "participant_joined",
+                frames.participant_joined(participant),
+                exclude=self.user_id,
+            )
+
+    # ---- per-recipient frames ------------------------------------------------------
+
+    def deliver(self, delivery: Delivery) -> None:
+        if self.buffer is not None or delivery.type not in PERSONAL:
+            super().deliver(delivery)
+            return
+        text = self._personal(delivery.type, delivery.frame)
+        if text is not None:
+            self.out.push(text)
+
+    def _personal(self, type_: str, text: str) -> str | None:
+        """The frame as this socket gets it, or None when it would tell nothing new."""
+        if type_ == "participant_joined":
+            user_id = _decode(text)["participant"]["id"]
+            if user_id in self.shown:
+                return None
+            self.shown.add(user_id)
+            return text
+        if type_ == "participant_left":
+            user_id = _decode(text)["participant_id"]
+            if user_id not in self.shown:
+                return None
+            self.shown.discard(user_id)
+            return text
+        return self._complete(type_, text)
+
+    def _complete(self, type_: str, text: str) -> str:
+        """A status or start frame with this recipient's own Agora token."""
+        frame = _decode(text)
+        target = frame
+        if type_ == "consultation_status":
+            target = frame["status_data"]
+            self.shown = {p["id"] for p in target["participants"]}
+        channel, ends_at = target.get("agora_channel"), target.get("ends_at")
+        token = self._token(channel, ends_at) if channel is not None and ends_at is not None else None
+        if token is None:
+            return text
+        target["agora_token"] = token
+        return encode(frame)
+
+    def _token(self, channel: str, ends_at: str) -> str | None:
+        key = (channel, ends_at)
+        if key not in self.tokens:
+            minter = agora(self.rt.settings)
+            self.tokens[key] = minter.token(channel, self.user_id, ends_at) if minter else None
+        return self.tokens[key]
+
+    # ---- frames ----------------------------------------------------------------------
+
+    async def handle_ping(self, frame: Ping) -> None:
+        await super().handle_ping(frame)
+        await self._seen()
+
+    async def handle_presence_update(self, frame: frames.PresenceUpdate) -> None:
+        await self._seen()
+
+    async def handle_start_consultation(self, frame: frames.StartConsultation) -> None:
+        c = await consultations.start(self.rt.db, self.consultation_id, self.user_id)
+        await announce_started(self.rt, c)
+
+    async def handle_end_consultation(self, frame: frames.EndConsultation) -> None:
+        c = await consultations.end(self.rt.db, self.consultation_id, self.user_id, "ended_by_expert")
+        await announce_ended(self.rt, c)
+
+    async def handle_cancel_consultation(self, frame: frames.CancelConsultation) -> None:
+        c = await consultations.cancel(self.rt.db, self.consultation_id, self.user_id, frame.reason)
+        await announce_cancelled(self.rt, c)
+
+    async def handle_request_extension(self, frame: frames.RequestExtension) -> None:
+        ext = await consultations.request_extension(
+            self.rt.db, self.consultation_id, self.user_id, frame.duration_minutes
+        )
+        text = frames.extension_requested(ext.id, ext.requested_by, ext.duration_minutes)
+        await publish(self.rt, self.consultation_id, "extension_requested", text, exclude=self.user_id)
+
+    async def handle_respond_extension(self, frame: frames.RespondExtension) -> None:
+        ext, c = await consultations.respond_extension(
+            self.rt.db, self.consultation_id, frame.request_id, self.user_id, frame.accept
+        )
+        if frame.accept:
+            assert c.ends_at is not None
+            text = frames.consultation_extended(ext.id, c.ends_at, ext.duration_minutes)
+            await publish(self.rt, self.consultation_id, "consultation_extended", text)
+        else:
+            await publish(self.rt, self.consultation_id, "extension_rejected", frames.extension_rejected(ext.id))

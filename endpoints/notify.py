@@ -1,0 +1,107 @@
+"""Notifying users from anywhere in the server: store, then publish on each
+user's stream, and the platform's own triggers (reservations, chat).
+
+User-facing texts are Korean, like the platform's client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from endpoints.runtime import Runtime
+from events.bus import Delivery
+from store import notifications, rooms, streams
+from store.notifications import Created, Kind
+
+log = logging.getLogger("realtime.notify")
+
+# Publishes in flight at once: a batch to 10,000 users must not open 10,000 broker requests.
+PUBLISH_CONCURRENCY = 64
+PREVIEW = 100
+
+# Trigger work that must outlive the socket that started it (a sender may close
+# right after sending); strong references, or the loop could drop the tasks.
+_detached: set[asyncio.Task[None]] = set()
+
+
+async def notify(
+    runtime: Runtime,
+    user_ids: Iterable[int],
+    type: Kind,  # the protocol's field name
+    title: str,
+    body: str,
+    action_url: str | None = None,
+) -> list[Created]:
+    """Store one notification per user in one write, then send `new_notification`
+    to every connection of each user on every process."""
+    created = await notifications.create(runtime.db, user_ids, type, title, body, action_url)
+    await publish(runtime, created)
+    return created
+
+
+async def publish(runtime: Runtime, created: list[Created]) -> None:
+    hub = runtime.hub
+    for start in range(0, len(created), PUBLISH_CONCURRENCY):
+        await asyncio.gather(
+            *(
+                hub.publish(streams.user_stream(c.user_id), Delivery("new_notification", c.seq, 0, c.frame))
+                for c in created[start : start + PUBLISH_CONCURRENCY]
+            )
+        )
+
+
+# ---- the platform's own triggers ----------------------------------------------------
+
+
+async def reservation_requested(runtime: Runtime, expert_id: int, request: dict[str, Any]) -> None:
+    when = f"{request['requested_date']} {request['requested_time']}"
+    body = f"{request['client']['name']}: {request['child_name']}, {when}"
+    await notify(runtime, [expert_id], "consultation", "새로운 상담 예약 요청", body)
+
+
+async def reservation_answered(runtime: Runtime, request: dict[str, Any]) -> None:
+    when = f"{request['requested_date']} {request['requested_time']}"
+    if request["status"] == "accepted":
+        title, body = "상담 예약이 수락되었습니다", f"{request['child_name']}, {when}"
+    else:
+        title, body = "상담 예약이 거절되었습니다", f"{request['child_name']}, {when}"
+        if request.get("reason"):
+            body += f" — {request['reason']}"
+    await notify(runtime, [request["client"]["id"]], "consultation", title, body)
+
+
+async def chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> None:
+    """A chat message notifies the room's members who have no chat socket open
+    on the room (on any process); never the sender."""
+    work = asyncio.ensure_future(_chat_message(runtime, room_id, message))
+    _detached.add(work)
+    work.add_done_callback(_detached.discard)
+    # Cancelling this (the socket closed) leaves the work running.
+    await asyncio.shield(work)
+
+
+async def _chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> None:
+    try:
+        sender = message["sender"]
+        members = [m for m in await rooms.member_ids(runtime.db, room_id) if m != sender["id"]]
+        if not members:
+            return
+        present = await runtime.chat_presence.present(room_id, members, runtime.sockets)
+        away = [m for m in members if m not in present]
+        if away:
+            await notify(runtime, away, "message", f"{sender['name']}님의 새 메시지", _preview(message))
+    except Exception:
+        log.exception("chat notification for room %s failed", room_id)
+
+
+def _preview(message: dict[str, Any]) -> str:
+    if message["message_type"] == "image":
+        text = message["content"] or "사진을 보냈습니다"
+    elif message["message_type"] == "file":
+        text = message["content"] or f"파일: {message.get('file_name', '')}"
+    else:
+        text = message["content"]
+    return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"

@@ -1,0 +1,149 @@
+"""Per-user notifications on the user's stream (`user:<id>`).
+
+Each change is a stream event in the same transaction: `new_notification`
+(its seq is the notification's `seq`), `notification_read`, and the
+`bulk_update` that `mark_all_read` produces. A notification remembers the seq
+that read it (`read_seq`), so a snapshot taken at seq N shows exactly the state
+after event N, and the events after N apply on top of it without double counts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from store import streams
+from store.db import Db, Row, Runner, new_id, utc_now
+from store.errors import NotFound
+
+Kind = Literal["consultation", "message", "payment", "system"]
+KINDS = ("consultation", "message", "payment", "system")
+COLUMNS = "id, user_id, seq, type, title, body, action_url, read_seq, created_at"
+# Ids per `IN (...)` read: far under the parameter limits of SQLite and PostgreSQL.
+CHUNK = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    user_id: int
+    seq: int
+    notification: dict[str, Any]
+    frame: str  # the `new_notification` event
+
+
+def to_record(row: Row, upto: int | None = None) -> dict[str, Any]:
+    """The protocol's `Notification`; `upto`: read as of that seq (snapshots)."""
+    read_seq = row[7]
+    record: dict[str, Any] = {
+        "id": row[0],
+        "type": row[3],
+        "title": row[4],
+        "body": row[5],
+        "is_read": read_seq is not None and (upto is None or int(read_seq) <= upto),
+        "created_at": row[8],
+    }
+    if row[6] is not None:
+        record["action_url"] = row[6]
+    return record
+
+
+async def create(
+    db: Db, user_ids: Iterable[int], kind: Kind, title: str, body: str, action_url: str | None = None
+) -> list[Created]:
+    """One notification per user (duplicates collapse), all in one write job:
+    each statement runs once over every user (`executemany`), however many."""
+    if kind not in KINDS:
+        raise ValueError(f"notification type must be one of {KINDS}")
+    # Sorted: concurrent writers lock the users' stream rows in one order (no deadlock on PostgreSQL).
+    targets = sorted(set(user_ids))
+    names = [(streams.user_stream(u),) for u in targets]
+
+    async def job(tx: Runner) -> list[Created]:
+        if not targets:
+            return []
+        await tx.executemany(
+            "INSERT INTO streams (stream, last_seq) VALUES (?, 0) ON CONFLICT (stream) DO NOTHING", names
+        )
+        # Increment first, read after: the row locks make the seqs exact across processes.
+        await tx.executemany("UPDATE streams SET last_seq = last_seq + 1 WHERE stream = ?", names)
+        seqs: dict[str, int] = {}
+        for start in range(0, len(names), CHUNK):
+            chunk = [name for (name,) in names[start : start + CHUNK]]
+            rows = await tx.fetch_all(
+                f"SELECT stream, last_seq FROM streams WHERE stream IN ({', '.join('?' * len(chunk))})", chunk
+            )
+            seqs.update((str(stream), int(seq)) for stream, seq in rows)
+        created_at = utc_now()
+        rows_out: list[tuple[Any, ...]] = []
+        events: list[tuple[str, int, str]] = []
+        created: list[Created] = []
+        for user_id, (name,) in zip(targets, names, strict=True):
+            seq = seqs[name]
+            row = (new_id(), user_id, seq, kind, title, body, action_url, None, created_at)
+            record = to_record(row)
+            frame = streams.frame("new_notification", seq, {"notification": record})
+            rows_out.append(row)
+            events.append((name, seq, frame))
+            created.append(Created(user_id, seq, record, frame))
+        await tx.executemany(f"INSERT INTO notifications ({COLUMNS}) VALUES ({', '.join('?' * 9)})", rows_out)
+        await tx.executemany("INSERT INTO stream_events (stream, seq, frame) VALUES (?, ?, ?)", events)
+        return created
+
+    return await db.write(job)
+
+
+async def snapshot(db: Db, user_id: int, limit: int) -> tuple[list[dict[str, Any]], int, int]:
+    """The newest `limit` notifications, the unread count and the seq they are exact at."""
+    last = await streams.last_seq(db, streams.user_stream(user_id))
+    rows = await db.fetch_all(
+        f"SELECT {COLUMNS} FROM notifications WHERE user_id = ? AND seq <= ? ORDER BY seq DESC LIMIT ?",
+        (user_id, last, limit),
+    )
+    unread = await db.fetch_one(
+        "SELECT COUNT(*) FROM notifications WHERE user_id = ? AND seq <= ? AND (read_seq IS NULL OR read_seq > ?)",
+        (user_id, last, last),
+    )
+    return [to_record(row, last) for row in rows], int(unread[0]) if unread else 0, last
+
+
+async def mark_read(db: Db, user_id: int, notification_id: str) -> tuple[int, str] | None:
+    """Mark one of the user's notifications read; the event, or None when it already was.
+    Another user's notification is `not_found`."""
+    stream = streams.user_stream(user_id)
+
+    async def job(tx: Runner) -> tuple[int, str] | None:
+        row = await tx.fetch_one(
+            "SELECT read_seq FROM notifications WHERE id = ? AND user_id = ?", (notification_id, user_id)
+        )
+        if row is None:
+            raise NotFound("no such notification")
+        if row[0] is not None:
+            return None
+        seq = await streams.next_seq(tx, stream)
+        await tx.execute("UPDATE notifications SET read_seq = ? WHERE id = ?", (seq, notification_id))
+        return await streams.append(tx, stream, "notification_read", {"notification_id": notification_id}, seq=seq)
+
+    return await db.write(job)
+
+
+async def mark_all_read(db: Db, user_id: int, limit: int) -> tuple[int, str] | None:
+    """Mark everything read; the event is a `bulk_update` of the newest `limit`
+    as they are now. None when nothing was unread."""
+    stream = streams.user_stream(user_id)
+
+    async def job(tx: Runner) -> tuple[int, str] | None:
+        unread = await tx.fetch_one(
+            "SELECT 1 FROM notifications WHERE user_id = ? AND read_seq IS NULL LIMIT 1", (user_id,)
+        )
+        if unread is None:
+            return None
+        seq = await streams.next_seq(tx, stream)
+        await tx.execute("UPDATE notifications SET read_seq = ? WHERE user_id = ? AND read_seq IS NULL", (seq, user_id))
+        rows = await tx.fetch_all(
+            f"SELECT {COLUMNS} FROM notifications WHERE user_id = ? ORDER BY seq DESC LIMIT ?", (user_id, limit)
+        )
+        body = {"notifications": [to_record(row) for row in rows], "unread_count": 0}
+        return await streams.append(tx, stream, "bulk_update", body, seq=seq)
+
+    return await db.write(job)
