@@ -98,7 +98,7 @@ def create_app(settings: Settings) -> Starlette:
                 "realtime: another server process already uses this database with BROKER_URL=memory://; "
                 "it would split every room between processes: set BROKER_URL=redis://... to run several"
             )
-        hub = Hub(broker(settings.broker_url), StreamLog(db))
+        hub = Hub(broker(settings.broker_url), StreamLog(db), presence.namespace(settings))
         await hub.start()
         verifier = TokenVerifier(settings.jwt_key, list(settings.jwt_algorithms))
         runtime = Runtime(

@@ -84,9 +84,12 @@ class Topic:
 
 
 class Hub:
-    def __init__(self, backend: BroadcastBackend, source: StreamSource) -> None:
+    def __init__(self, backend: BroadcastBackend, source: StreamSource, prefix: str = "") -> None:
         self.backend = backend
         self.source = source
+        # Broker channels are `prefix + topic`: deployments (and test runs) that
+        # share one Redis but not one store never hear each other.
+        self.prefix = prefix
         self.topics: dict[str, Topic] = {}
         self._listener: asyncio.Task[None] | None = None
         self._unsent: deque[tuple[str, Delivery]] = deque()
@@ -125,7 +128,7 @@ class Hub:
             if topic.subscribed:
                 return
             try:
-                await self.backend.subscribe(name)
+                await self.backend.subscribe(self.prefix + name)
                 if is_stream(name):
                     # Read after subscribing: anything committed later reaches us live.
                     baseline = await self.source.last_seq(name)
@@ -148,7 +151,7 @@ class Hub:
             topic.subscribed = False
             topic.last_seq = None
             try:
-                await self.backend.unsubscribe(name)
+                await self.backend.unsubscribe(self.prefix + name)
             except Exception as exc:  # noqa: BLE001 - the broker is gone; nothing to undo
                 log.warning("unsubscribe %s failed: %r", name, exc)
         if not topic.subscribers and self.topics.get(name) is topic and not topic.subscribed:
@@ -168,7 +171,7 @@ class Hub:
                 self._keep(name, delivery)
             return
         try:
-            await self.backend.publish(name, pack(delivery))
+            await self.backend.publish(self.prefix + name, pack(delivery))
         except Exception as exc:  # noqa: BLE001 - a broker outage must not fail the request
             self.publish_failures += 1
             if self.on_publish_failure is not None:
@@ -190,7 +193,7 @@ class Hub:
         while self._unsent:
             name, delivery = self._unsent[0]
             try:
-                await self.backend.publish(name, pack(delivery))
+                await self.backend.publish(self.prefix + name, pack(delivery))
             except Exception:  # noqa: BLE001 - still away: wait and try again
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -209,7 +212,9 @@ class Hub:
                 if event.channel == GAP:
                     await self._refill_all()
                     continue
-                topic = self.topics.get(event.channel)
+                if not event.channel.startswith(self.prefix):
+                    continue
+                topic = self.topics.get(event.channel[len(self.prefix) :])
                 if topic is not None and topic.subscribed:
                     await self._receive(topic, unpack(event.message))
             except Exception:
