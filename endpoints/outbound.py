@@ -95,7 +95,9 @@ class Outbound:
         except Exception as exc:  # noqa: BLE001 - the peer is gone
             self._fail(exc)
         finally:
-            self._writer = None
+            # A cut-off may already have replaced this writer with the one sending the close.
+            if self._writer is asyncio.current_task():
+                self._writer = None
 
     def _overflow(self) -> None:
         self.dropped += len(self._backlog) + 1
