@@ -44,22 +44,36 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):
+            # Structured fields of the record (a socket's user, channel, close code), never overriding the above.
+            line.update((key, value) for key, value in fields.items() if key not in line)
         if record.exc_info:
             line["exc"] = scrub(self.formatException(record.exc_info))
         return json.dumps(line, ensure_ascii=False)
 
 
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The handler `configure` installs; the next call replaces it."""
+
+
 def configure(level: str, fmt: str) -> None:
-    handler = logging.StreamHandler()
+    handler = _Handler()
     handler.addFilter(Redact())
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-    root = logging.getLogger("realtime")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+    # On the root logger: the libraries' records (the Redis backend, asyncio)
+    # come out in the same format as ours, at WARNING and above.
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _Handler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    for name in ("realtime", "events"):
+        ours = logging.getLogger(name)
+        ours.setLevel(level.upper())
+        ours.propagate = True
     # uvicorn's own handlers: scrub what they print too.
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logger = logging.getLogger(name)

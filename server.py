@@ -6,6 +6,7 @@ takes them explicitly (tests, embedding).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
@@ -16,18 +17,21 @@ from urllib.parse import urlparse
 
 from broadcaster._backends.base import BroadcastBackend
 from broadcaster._backends.memory import MemoryBackend
+from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import api, consultation_api, control, dev, files, notifications_api
+from endpoints import api, asyncapi, consultation_api, control, dev, files, metrics, notifications_api
 from endpoints.auth import TokenVerifier
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
 from endpoints.chat_presence import ChatPresence
 from endpoints.consultation import ConsultationEndpoint, describe_agora
+from endpoints.fastpath import KeepRawSend
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
 from endpoints.runtime import Runtime
@@ -39,6 +43,7 @@ from store.db import Db
 from store.streams import StreamLog
 
 log = logging.getLogger("realtime.server")
+READY_TIMEOUT = 2.0
 
 SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
     ("/ws/chat/{room_id}", ChatEndpoint),
@@ -73,20 +78,29 @@ async def readyz(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     problems = []
     try:
-        await rt.db.ping()
+        # Bounded: a store that hangs (a partition) must not hang the probe.
+        await asyncio.wait_for(rt.db.ping(), READY_TIMEOUT)
+    except TimeoutError:
+        problems.append(f"store: no answer within {READY_TIMEOUT:g}s")
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         problems.append(f"store: {exc!r}")
-    connected = getattr(rt.hub.backend, "connected", True)
-    if not connected or not rt.hub.listening:
-        problems.append("broker: not connected")
+    problem = getattr(rt.hub.backend, "problem", None)
+    if problem is not None:
+        problems.append(f"broker: {problem}")
+    elif not rt.hub.listening:
+        problems.append("broker: the hub's listener stopped")
     if problems:
         return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ready"})
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlette:
+    """The app; `configure_logging=False` leaves logging to a host app that embeds it."""
     settings = settings.checked()
-    logconfig.configure(settings.log_level, settings.log_format)
+    if configure_logging:
+        logconfig.configure(settings.log_level, settings.log_format)
+    # Per app: several apps in one process (tests, embedding) keep their own numbers.
+    app_metrics = metrics.Metrics(CollectorRegistry())
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -108,8 +122,10 @@ def create_app(settings: Settings) -> Starlette:
             verifier,
             presence=presence.for_settings(settings),
             chat_presence=ChatPresence.for_settings(settings),
+            metrics=app_metrics,
         )
         app.state.runtime = runtime
+        app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
         await control.listen(runtime)
         describe_agora(settings)
         if settings.dev_mode:
@@ -134,10 +150,12 @@ def create_app(settings: Settings) -> Starlette:
         *files.routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
+        *metrics.routes,
+        *asyncapi.routes(SOCKETS),
     ]
     if settings.dev_mode:
         routes += dev.routes
-    return Starlette(routes=routes, lifespan=lifespan)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(KeepRawSend)])
 
 
 def _app_from_env() -> Starlette:

@@ -19,6 +19,7 @@ from starlette.routing import Route
 from endpoints import control
 from endpoints.chat import ID
 from endpoints.runtime import Runtime
+from events.frames import has_nul
 from store import rooms, users
 from store.db import new_id
 from store.errors import StoreError
@@ -81,11 +82,14 @@ async def body(request: Request, kind: type[B]) -> B:
     if len(raw) > MAX_BODY:
         raise ApiError(413, "too_large", f"body over {MAX_BODY} bytes")
     try:
-        return msgspec.json.decode(raw, type=kind)
+        data = msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         raise ApiError(400, "invalid_payload", str(exc)) from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, "invalid_json", str(exc)) from None
+    if b"\\u0000" in raw and has_nul(msgspec.to_builtins(data)):
+        raise ApiError(400, "invalid_payload", "text must not contain NUL characters (\\u0000)")
+    return data
 
 
 def path_user(request: Request) -> int:

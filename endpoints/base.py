@@ -17,6 +17,7 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.websockets import WebSocket
 
 from endpoints.auth import AuthError, Identity, token_from_scope
+from endpoints.fastpath import RAW_SEND, direct_writer
 from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
 from endpoints.outbound import Outbound
 from endpoints.runtime import Runtime
@@ -79,8 +80,10 @@ class BaseEndpoint(WebSocketEndpoint):
         self.topics: list[str] = []
         self.joined: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
-        self.out = Outbound(self.send, self.rt.settings.outbound_queue)
+        send = self.scope.get(RAW_SEND, self.send)
+        self.out = Outbound(send, self.rt.settings.outbound_queue, direct_writer(send))
         self.out.on_closed = self._lost
+        self.out.on_push = self.rt.metrics.frame_out
         self.bucket = TokenBucket(self.rt.settings.rate_limit, self.rt.settings.rate_burst)
         self.abuse = AbuseMeter()
         self.expiry: asyncio.TimerHandle | None = None
@@ -103,6 +106,7 @@ class BaseEndpoint(WebSocketEndpoint):
                 return
             self.identity = identity
             self.user_id = identity.user_id
+            self._log("connect")
             if len(self.rt.sockets.get(self.user_id, ())) >= self.rt.settings.max_sockets_per_user:
                 raise Refused(POLICY, "too many sockets for this user")
             self.user = await self.rt.profile(identity)
@@ -144,7 +148,13 @@ class BaseEndpoint(WebSocketEndpoint):
         if message["type"] != "websocket.receive":
             self.close_code = int(message.get("code") or NORMAL)
             return None
-        items = decode(message.get("text") or "", {"auth": Auth})
+        text = message.get("text") or ""
+        limit = rt.settings.max_frame_bytes
+        if len(text) > limit // 4 and len(text.encode()) > limit:
+            # The same limit as after authentication: a stranger's frame is not decoded either.
+            self._close(TOO_BIG, f"frame over {limit} bytes")
+            return None
+        items = decode(text, {"auth": Auth})
         first = items[0] if len(items) == 1 else None
         if isinstance(first, Decoded) and isinstance(first.frame, Auth):
             return first.frame.token
@@ -175,6 +185,7 @@ class BaseEndpoint(WebSocketEndpoint):
                 self._close(TOO_BIG, f"frame over {limit} bytes")
                 return
             for item in decode(text, self.kinds):
+                self.rt.metrics.frame_in(self.channel, item)
                 if not self._allow(item):
                     if self.abuse.reject():
                         self._close(POLICY, "rate limit exceeded")
@@ -214,14 +225,15 @@ class BaseEndpoint(WebSocketEndpoint):
                 del self.rt.sockets[self.user_id]
                 self.rt.user_buckets.pop(self.user_id, None)
         await self.out.drained(timeout=2.0)
+        self.rt.metrics.closed(self.close_code, self.out.dropped)
         if self.user_id:
-            log.info(
-                "disconnect channel=%s user=%s duration=%.1fs code=%s",
-                self.channel,
-                self.user_id,
-                time.monotonic() - self.opened_at,
-                self.close_code,
-            )
+            self._log("disconnect", duration=round(time.monotonic() - self.opened_at, 3), code=self.close_code)
+
+    def _log(self, event: str, **more: Any) -> None:
+        """One line per connect and disconnect; its fields are JSON keys with LOG_FORMAT=json."""
+        fields = {"channel": self.channel, "user": self.user_id, "path": self.scope["path"], **more}
+        text = " ".join(f"{key}={value}" for key, value in fields.items())
+        log.info("%s %s", event, text, extra={"fields": {"event": event, **fields}})
 
     def _watch_expiry(self) -> None:
         """With TOKEN_EXPIRY=close, an `exp` that passes during the connection
@@ -287,7 +299,7 @@ class BaseEndpoint(WebSocketEndpoint):
             if delivery.seq <= self.last_seq:
                 return
             self.last_seq = delivery.seq
-        self.out.push(delivery.frame)
+        self.out.relay(delivery.frame, delivery.data)
 
     def resync(self) -> None:
         self.spawn(self.catch_up(None))
@@ -328,6 +340,7 @@ class BaseEndpoint(WebSocketEndpoint):
         await self.rt.hub.publish(topic, Delivery(type_, seq, exclude, frame))
 
     def reply_error(self, code: str, message: str, request_type: str | None = None, client_msg_id: Any = None) -> None:
+        self.rt.metrics.error(code)
         self.out.push(outbound.error(code, message, request_type, client_msg_id))
 
     # ---- frames every endpoint takes ----------------------------------------------

@@ -64,8 +64,9 @@ class ChatEndpoint(BaseEndpoint):
             self.out.push(outbound.chat_message(posted.message))
             return
         await self.publish(self.stream, "chat_message", posted.frame, posted.seq)
-        # Members away from the room get a notification, off the hot path.
-        self.spawn(notify.chat_message(self.rt, self.room_id, posted.message))
+        # Members away from the room get a notification, off the hot path and
+        # not tied to this socket (a sender may close right after sending).
+        notify.chat_message(self.rt, self.room_id, posted.message)
 
     async def handle_typing_start(self, frame: frames.TypingStart) -> None:
         loop = asyncio.get_running_loop()

@@ -10,6 +10,11 @@ opens there, removes it when the last one closes, and refreshes its members
 every TTL/3. A process that dies without cleaning up drops out after the TTL
 (until then its users count as present: at worst a missed notification, while
 the message itself is in the room's history). Readers ignore expired scores.
+
+`away` also keeps each room's member list for a couple of seconds, so a busy
+room costs no store read per message. A stale list errs only one way that
+matters: a member added meanwhile may miss a notification; a removed one is
+filtered out again when the notifications are written.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from settings import Settings
+from store import rooms
+from store.db import Db
 
 if TYPE_CHECKING:
     from endpoints.base import BaseEndpoint
@@ -36,6 +43,8 @@ log = logging.getLogger("realtime.chat_presence")
 
 TTL = 30.0
 IO_TIMEOUT = 2.0
+MEMBERS_TTL = 2.0
+MEMBERS_CACHED = 10_000  # rooms; past that the cache starts over
 
 Key = tuple[str, int]  # (room_id, user_id)
 
@@ -51,6 +60,7 @@ class ChatPresence:
         self.entered: dict[BaseEndpoint, Key] = {}
         self.lock = asyncio.Lock()
         self.heartbeat: asyncio.Task[None] | None = None
+        self.members: dict[str, tuple[float, list[int]]] = {}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ChatPresence:
@@ -80,6 +90,32 @@ class ChatPresence:
             return
         self.counts.pop(key, None)
         await self._sync(key)
+
+    def away_now(self, room_id: str, sender_id: int, sockets: Mapping[int, set[BaseEndpoint]]) -> list[int] | None:
+        """`away` without waiting, when this process knows the answer (the member
+        list is cached, and the absent are absent everywhere); else None."""
+        cached = self.members.get(room_id)
+        if cached is None or cached[0] < time.monotonic():
+            return None
+        away = [m for m in cached[1] if m != sender_id and not _here(sockets, room_id, m)]
+        if away and self.redis is not None:
+            return None  # they may have a socket on another process
+        return away
+
+    async def away(self, db: Db, room_id: str, sender_id: int, sockets: Mapping[int, set[BaseEndpoint]]) -> list[int]:
+        """The room's members, but the sender, with no chat socket open on it anywhere."""
+        now = time.monotonic()
+        cached = self.members.get(room_id)
+        if cached is None or cached[0] < now:
+            if len(self.members) >= MEMBERS_CACHED:
+                self.members.clear()
+            cached = (now + MEMBERS_TTL, await rooms.member_ids(db, room_id))
+            self.members[room_id] = cached
+        others = [m for m in cached[1] if m != sender_id]
+        if not others:
+            return []
+        present = await self.present(room_id, others, sockets)
+        return [m for m in others if m not in present]
 
     async def present(
         self, room_id: str, user_ids: Iterable[int], sockets: Mapping[int, set[BaseEndpoint]]

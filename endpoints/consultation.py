@@ -217,7 +217,7 @@ class ConsultationEndpoint(BaseEndpoint):
             return
         text = self._personal(delivery.type, delivery.frame)
         if text is not None:
-            self.out.push(text)
+            self.out.relay(text)
 
     def _personal(self, type_: str, text: str) -> str | None:
         """The frame as this socket gets it, or None when it would tell nothing new."""

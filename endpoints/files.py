@@ -13,11 +13,13 @@ import re
 from pathlib import Path
 
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
+from endpoints import notify
 from endpoints.auth import AuthError, Identity, token_from_scope
 from endpoints.chat import ID
 from endpoints.runtime import Runtime
@@ -78,6 +80,10 @@ def display_name(raw: str | None) -> str:
 async def upload(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     limit = rt.settings.max_upload_bytes
+    origin = request.headers.get("origin")
+    if origin is not None and rt.settings.allowed_origins and origin not in rt.settings.allowed_origins:
+        # A form on another site would post with the user's cookie (as the sockets check it).
+        return error(403, "forbidden", "origin not allowed")
     token = token_from_scope({}, request.headers)
     if token is None:
         return error(401, "unauthorized", "Authorization: Bearer <token> required")
@@ -101,9 +107,16 @@ async def upload(request: Request) -> Response:
                 return error(403, "forbidden", "not a member of this room")
             if len(content) > 10_000:
                 return error(400, "invalid_payload", "content is limited to 10000 characters")
+            if "\x00" in content:
+                return error(400, "invalid_payload", "content must not contain NUL characters")
             return await store_file(request, rt, identity, room_id, content, file, limit)
     except TooLarge:
         return error(413, "too_large", f"files are limited to {limit} bytes")
+    except HTTPException as exc:  # malformed multipart, too many files or fields
+        return error(400, "invalid_payload", str(exc.detail))
+    except ClientDisconnect:
+        # Cut off mid-body: nothing was stored, and nobody is left to answer.
+        return Response(status_code=400)
 
 
 async def store_file(
@@ -136,6 +149,7 @@ async def store_file(
         partial.unlink(missing_ok=True)
     assert posted.frame is not None
     await rt.hub.publish(streams.chat_stream(room_id), Delivery("chat_message", posted.seq, 0, posted.frame))
+    notify.chat_message(rt, room_id, posted.message)
     return JSONResponse({"message": posted.message}, status_code=201)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from endpoints.runtime import Runtime
 from events.bus import Delivery
-from store import notifications, rooms, streams
+from store import notifications, streams
 from store.notifications import Created, Kind
 
 log = logging.getLogger("realtime.notify")
@@ -22,8 +22,8 @@ log = logging.getLogger("realtime.notify")
 PUBLISH_CONCURRENCY = 64
 PREVIEW = 100
 
-# Trigger work that must outlive the socket that started it (a sender may close
-# right after sending); strong references, or the loop could drop the tasks.
+# Trigger work, which must outlive the socket that started it; strong
+# references, or the loop could drop the tasks.
 _detached: set[asyncio.Task[None]] = set()
 
 
@@ -73,26 +73,30 @@ async def reservation_answered(runtime: Runtime, request: dict[str, Any]) -> Non
     await notify(runtime, [request["client"]["id"]], "consultation", title, body)
 
 
-async def chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> None:
-    """A chat message notifies the room's members who have no chat socket open
-    on the room (on any process); never the sender."""
-    work = asyncio.ensure_future(_chat_message(runtime, room_id, message))
+def chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> None:
+    """After a chat message: notify the room's members, never the sender, who
+    have no chat socket open on the room on any process. Returns at once; when
+    this process already knows everybody is there (the busy case), it costs no
+    task at all. The work is not tied to the sender's socket, which may close
+    right after sending."""
+    sender_id = message["sender"]["id"]
+    away = runtime.chat_presence.away_now(room_id, sender_id, runtime.sockets)
+    if away == []:
+        return
+    work = asyncio.ensure_future(_chat_message(runtime, room_id, message, away))
     _detached.add(work)
     work.add_done_callback(_detached.discard)
-    # Cancelling this (the socket closed) leaves the work running.
-    await asyncio.shield(work)
 
 
-async def _chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> None:
+async def _chat_message(runtime: Runtime, room_id: str, message: dict[str, Any], away: list[int] | None) -> None:
     try:
         sender = message["sender"]
-        members = [m for m in await rooms.member_ids(runtime.db, room_id) if m != sender["id"]]
-        if not members:
-            return
-        present = await runtime.chat_presence.present(room_id, members, runtime.sockets)
-        away = [m for m in members if m not in present]
+        if away is None:
+            away = await runtime.chat_presence.away(runtime.db, room_id, sender["id"], runtime.sockets)
         if away:
-            await notify(runtime, away, "message", f"{sender['name']}님의 새 메시지", _preview(message))
+            title, body = f"{sender['name']}님의 새 메시지", _preview(message)
+            created = await notifications.create(runtime.db, away, "message", title, body, members_of=room_id)
+            await publish(runtime, created)
     except Exception:
         log.exception("chat notification for room %s failed", room_id)
 

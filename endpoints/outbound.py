@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
+from endpoints.fastpath import DirectWrite
+
 log = logging.getLogger("realtime.outbound")
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -25,10 +27,24 @@ SLOW_CONSUMER = 1013
 
 
 class Outbound:
-    __slots__ = ("_backlog", "_close", "_limit", "_send", "_writer", "closed", "dropped", "on_closed", "sent")
+    __slots__ = (
+        "_backlog",
+        "_close",
+        "_direct",
+        "_limit",
+        "_send",
+        "_writer",
+        "closed",
+        "dropped",
+        "on_closed",
+        "on_push",
+        "sent",
+    )
 
-    def __init__(self, send: Send, limit: int) -> None:
+    def __init__(self, send: Send, limit: int, direct: DirectWrite | None = None) -> None:
         self._send = send
+        # Writes an encoded frame at once when the server allows (see fastpath).
+        self._direct = direct
         self._limit = limit
         self._backlog: deque[dict[str, Any]] = deque()
         self._writer: asyncio.Task[None] | None = None
@@ -36,12 +52,30 @@ class Outbound:
         self.closed = False
         # Called once the socket cannot take more frames (overflow or a failed send).
         self.on_closed: Callable[[], None] | None = None
+        # Told of each frame `push`ed (metrics); `relay` skips it.
+        self.on_push: Callable[[str], None] | None = None
         self.sent = 0
         self.dropped = 0
 
     def push(self, text: str) -> None:
+        """A frame for this socket alone: a reply, a snapshot, a replay."""
+        if self.on_push is not None:
+            self.on_push(text)
+        self.relay(text)
+
+    def relay(self, text: str, data: bytes | None = None) -> None:
+        """This socket's copy of a fanned-out event (the hub counts those once per
+        event); `data` is the text already encoded, once for all recipients."""
         if self.closed:
             return
+        if self._writer is None and self._direct is not None:
+            try:
+                if self._direct(data if data is not None else text.encode()):
+                    self.sent += 1
+                    return
+            except Exception as exc:  # noqa: BLE001 - the peer is gone
+                self._fail(exc)
+                return
         message = {"type": "websocket.send", "text": text}
         if self._writer is not None:
             if len(self._backlog) >= self._limit:

@@ -52,11 +52,18 @@ class ReservationEndpoint(BaseEndpoint):
         self.topics = [pair_topic(self.expert_id, self.user_id)]
 
     async def opened(self) -> None:
-        if self.is_expert:
-            requests, messages = await reservations.expert_state(self.rt.db, self.expert_id)
-        else:
-            requests, messages = await reservations.client_state(self.rt.db, self.expert_id, self.user_id)
-        self.out.push(frames.reservation_state(requests, messages))
+        # The topics are joined already: live events wait until the snapshot is out, so it comes first.
+        self.buffer = []
+        try:
+            if self.is_expert:
+                requests, messages = await reservations.expert_state(self.rt.db, self.expert_id)
+            else:
+                requests, messages = await reservations.client_state(self.rt.db, self.expert_id, self.user_id)
+            self.out.push(frames.reservation_state(requests, messages))
+        finally:
+            held, self.buffer = self.buffer, None
+            for delivery in held:
+                self.deliver(delivery)
 
     # ---- client frames -------------------------------------------------------------
 

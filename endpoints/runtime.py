@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from endpoints.auth import Identity, TokenVerifier
 from endpoints.chat_presence import ChatPresence
 from endpoints.limits import TokenBucket
+from endpoints.metrics import Metrics
 from events.bus import Hub
 from events.presence import MemoryPresence, Presence
 from settings import Settings
@@ -34,6 +35,8 @@ class Runtime:
     presence: Presence = field(default_factory=MemoryPresence)
     # Who has a chat socket open on which room (chat notifications); the lifespan passes it.
     chat_presence: ChatPresence = field(default_factory=ChatPresence)
+    # This app's Prometheus metrics (`GET /metrics`); create_app passes its own registry.
+    metrics: Metrics = field(default_factory=Metrics)
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the

@@ -41,6 +41,7 @@ class Delivery:
     seq: int  # 0: not a persisted event
     exclude: int  # a user id whose sockets skip it (the typist), 0: nobody
     frame: str
+    data: bytes = b""  # `frame` encoded, once for every local recipient
 
 
 def pack(d: Delivery) -> str:
@@ -96,6 +97,8 @@ class Hub:
         self._republisher: asyncio.Task[None] | None = None
         self.publish_failures = 0
         self.on_publish_failure: Callable[[], None] | None = None
+        # Called once per event fanned out: (topic, event, local recipients).
+        self.on_fan_out: Callable[[str, Delivery, int], None] | None = None
 
     async def start(self) -> None:
         await self.backend.connect()
@@ -227,7 +230,7 @@ class Hub:
             if d.seq > topic.last_seq + 1:
                 await self._refill(topic, upto=d.seq - 1)
             topic.last_seq = d.seq
-        _fan_out(topic, d)
+        self._fan_out(topic, d)
 
     async def _refill(self, topic: Topic, upto: int | None) -> None:
         after = topic.last_seq
@@ -243,7 +246,7 @@ class Hub:
             if topic.last_seq is not None and seq <= topic.last_seq:
                 continue
             topic.last_seq = seq
-            _fan_out(topic, Delivery("", seq, 0, frame))
+            self._fan_out(topic, Delivery("", seq, 0, frame))
 
     async def _refill_all(self) -> None:
         log.info("broker reconnected: refilling %d topics from the store", len(self.topics))
@@ -251,10 +254,15 @@ class Hub:
             if topic.subscribed and topic.last_seq is not None:
                 await self._refill(topic, upto=None)
 
-
-def _fan_out(topic: Topic, d: Delivery) -> None:
-    exclude = d.exclude
-    for subscriber in tuple(topic.subscribers):
-        if exclude and subscriber.user_id == exclude:
-            continue
-        subscriber.deliver(d)
+    def _fan_out(self, topic: Topic, d: Delivery) -> None:
+        if not d.data:
+            d = Delivery(d.type, d.seq, d.exclude, d.frame, d.frame.encode())
+        exclude = d.exclude
+        sent = 0
+        for subscriber in tuple(topic.subscribers):
+            if exclude and subscriber.user_id == exclude:
+                continue
+            subscriber.deliver(d)
+            sent += 1
+        if self.on_fan_out is not None:
+            self.on_fan_out(topic.name, d, sent)

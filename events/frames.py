@@ -69,14 +69,34 @@ def decode(text: str, kinds: Mapping[str, type[Frame]]) -> list[Decoded | BadFra
         raw = _json.decode(text)
     except msgspec.DecodeError as exc:
         return [BadFrame(errors.INVALID_JSON, f"invalid JSON: {exc}")]
+    except RecursionError:
+        # msgspec's depth guard: a frame under the size limit can nest thousands deep.
+        return [BadFrame(errors.INVALID_JSON, "invalid JSON: nested too deeply")]
+    nul = "\\u0000" in text
     if isinstance(raw, list):
         if len(raw) > MAX_BATCH:
             return [BadFrame(errors.INVALID_PAYLOAD, f"at most {MAX_BATCH} frames in one array")]
-        return [decode_one(item, kinds) for item in raw]
-    return [decode_one(raw, kinds)]
+        return [decode_one(item, kinds, nul) for item in raw]
+    return [decode_one(raw, kinds, nul)]
 
 
-def decode_one(raw: Any, kinds: Mapping[str, type[Frame]]) -> Decoded | BadFrame:
+def has_nul(value: Any) -> bool:
+    """A NUL character in any string of a decoded JSON value (PostgreSQL text cannot hold one)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def decode_one(raw: Any, kinds: Mapping[str, type[Frame]], nul: bool = False) -> Decoded | BadFrame:
     if not isinstance(raw, dict):
         return BadFrame(errors.INVALID_PAYLOAD, "a frame must be a JSON object")
     type_ = raw.get("type")
@@ -87,6 +107,8 @@ def decode_one(raw: Any, kinds: Mapping[str, type[Frame]]) -> Decoded | BadFrame
     kind = kinds.get(type_)
     if kind is None:
         return BadFrame(errors.UNKNOWN_TYPE, f"unknown type {type_[:64]!r}", type_[:64], cmid)
+    if nul and has_nul(raw):
+        return BadFrame(errors.INVALID_PAYLOAD, "text must not contain NUL characters (\\u0000)", type_, cmid)
     try:
         frame = msgspec.convert(raw, kind)
     except msgspec.ValidationError as exc:

@@ -118,6 +118,7 @@ class RedisBackend(BroadcastBackend):
         self._pubsub: PubSub | None = None
         self._listener: asyncio.Task[None] | None = None
         self._reconnects = 0
+        self._last_error = ""  # why the link is down, for readiness checks
         # SUBSCRIBE replies arrive in send order on the pubsub connection, so
         # a FIFO pairs each reply with the caller waiting for it.
         self._awaiting: deque[tuple[str, asyncio.Future[None]]] = deque()
@@ -130,6 +131,13 @@ class RedisBackend(BroadcastBackend):
     def connected(self) -> bool:
         """True while the pubsub connection is up and subscriptions are live."""
         return self._pubsub is not None
+
+    @property
+    def problem(self) -> str | None:
+        """Why the broker is unusable right now, or None while it is connected."""
+        if self.connected:
+            return None
+        return f"Redis at {self._where} is unreachable: {self._last_error or 'connecting'}"
 
     @property
     def reconnects(self) -> int:
@@ -150,6 +158,7 @@ class RedisBackend(BroadcastBackend):
         try:
             await self._open(announce=False)
         except _LINK_ERRORS as exc:
+            self._last_error = str(exc)
             logger.warning("Redis at %s unreachable at startup, retrying in background: %s", self._where, exc)
         self._listener = asyncio.create_task(self._run(), name=f"redis-backend-listener {self._where}")
 
@@ -258,6 +267,7 @@ class RedisBackend(BroadcastBackend):
             try:
                 await self._pump(pubsub)
             except _LINK_ERRORS as exc:
+                self._last_error = str(exc)
                 logger.warning("Lost Redis pubsub connection to %s: %s", self._where, exc)
             except Exception:
                 # Never let the listener die: log loudly and start afresh.
@@ -327,6 +337,7 @@ class RedisBackend(BroadcastBackend):
             try:
                 await self._open(announce=True)
             except Exception as exc:  # noqa: BLE001 - keep retrying whatever the failure; it is logged
+                self._last_error = str(exc)
                 # Log the first failure and then occasionally, not every try.
                 level = logging.WARNING if attempt == 1 or attempt % 10 == 0 else logging.DEBUG
                 logger.log(level, "Reconnect %d to Redis at %s failed: %s", attempt, self._where, exc)

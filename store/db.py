@@ -19,6 +19,7 @@ import functools
 import logging
 import re
 import secrets
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -58,10 +59,6 @@ def new_id() -> str:
 
 
 class Runner(Protocol):
-    # Appended to a read inside a write to lock its rows (PostgreSQL); SQLite's
-    # write transaction already holds the whole file.
-    for_update: str
-
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
@@ -70,8 +67,6 @@ class Runner(Protocol):
 
 class SqliteRunner:
     """Statements on one aiosqlite connection: one thread hop per call."""
-
-    for_update = ""
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -99,8 +94,6 @@ def to_dollar(sql: str) -> str:
 
 
 class PgRunner:
-    for_update = " FOR UPDATE"
-
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
@@ -157,6 +150,8 @@ class GroupCommitWriter:
         self._task: asyncio.Task[None] | None = None
         self.batches = 0
         self.jobs = 0
+        # Called after each batch: (jobs, seconds), for metrics.
+        self.on_batch: Callable[[int, float], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="store-writer")
@@ -190,7 +185,10 @@ class GroupCommitWriter:
             while self._pending:
                 batch = self._pending[:MAX_BATCH]
                 del self._pending[:MAX_BATCH]
+                started = time.perf_counter()
                 await self._commit(batch)
+                if self.on_batch is not None:
+                    self.on_batch(len(batch), time.perf_counter() - started)
             self._idle.set()
 
     async def _commit(self, batch: list[Entry]) -> None:

@@ -21,7 +21,6 @@ Kind = Literal["consultation", "message", "payment", "system"]
 KINDS = ("consultation", "message", "payment", "system")
 COLUMNS = "id, user_id, seq, type, title, body, action_url, read_seq, created_at"
 # Ids per `IN (...)` read: far under the parameter limits of SQLite and PostgreSQL.
-CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,31 +48,34 @@ def to_record(row: Row, upto: int | None = None) -> dict[str, Any]:
 
 
 async def create(
-    db: Db, user_ids: Iterable[int], kind: Kind, title: str, body: str, action_url: str | None = None
+    db: Db,
+    user_ids: Iterable[int],
+    kind: Kind,
+    title: str,
+    body: str,
+    action_url: str | None = None,
+    members_of: str | None = None,
 ) -> list[Created]:
     """One notification per user (duplicates collapse), all in one write job:
-    each statement runs once over every user (`executemany`), however many."""
+    each statement runs once over every user (`executemany`), however many.
+    With `members_of`, only the users who are members of that room when it is
+    written (a chat message's text never reaches someone removed meanwhile)."""
     if kind not in KINDS:
         raise ValueError(f"notification type must be one of {KINDS}")
-    # Sorted: concurrent writers lock the users' stream rows in one order (no deadlock on PostgreSQL).
-    targets = sorted(set(user_ids))
-    names = [(streams.user_stream(u),) for u in targets]
+    wanted = set(user_ids)
 
     async def job(tx: Runner) -> list[Created]:
-        if not targets:
+        users = wanted
+        if members_of is not None:
+            rows = await tx.fetch_all("SELECT user_id FROM room_members WHERE room_id = ?", (members_of,))
+            users = wanted & {int(row[0]) for row in rows}
+        if not users:
             return []
-        await tx.executemany(
-            "INSERT INTO streams (stream, last_seq) VALUES (?, 0) ON CONFLICT (stream) DO NOTHING", names
-        )
-        # Increment first, read after: the row locks make the seqs exact across processes.
-        await tx.executemany("UPDATE streams SET last_seq = last_seq + 1 WHERE stream = ?", names)
-        seqs: dict[str, int] = {}
-        for start in range(0, len(names), CHUNK):
-            chunk = [name for (name,) in names[start : start + CHUNK]]
-            rows = await tx.fetch_all(
-                f"SELECT stream, last_seq FROM streams WHERE stream IN ({', '.join('?' * len(chunk))})", chunk
-            )
-            seqs.update((str(stream), int(seq)) for stream, seq in rows)
+        # Sorted: concurrent writers lock the users' stream rows in one order (no deadlock on PostgreSQL).
+        targets = sorted(users)
+        names = [(streams.user_stream(u),) for u in targets]
+        before = await streams.advance(tx, {name: 1 for (name,) in names})
+        seqs = {name: seq + 1 for name, seq in before.items()}
         created_at = utc_now()
         rows_out: list[tuple[Any, ...]] = []
         events: list[tuple[str, int, str]] = []

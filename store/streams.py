@@ -15,6 +15,8 @@ import msgspec
 from store.db import Db, Runner
 
 _encode = msgspec.json.Encoder().encode
+# Streams read back per statement (well under every driver's parameter limit).
+READ_CHUNK = 500
 
 
 def chat_stream(room_id: str) -> str:
@@ -44,21 +46,27 @@ async def next_seq(tx: Runner, stream: str) -> int:
 
 
 async def advance(tx: Runner, counts: dict[str, int]) -> dict[str, int]:
-    """Reserve `count` seqs on each stream at once; returns each stream's last seq before."""
+    """Reserve `count` seqs on each stream at once; returns each stream's last seq before.
+
+    Every statement runs once over all the streams (`executemany`), in sorted
+    order, so two writers lock the same rows in the same order on PostgreSQL
+    (no deadlock); the row-creating insert waits for a concurrent creator.
+    """
     names = sorted(counts)
-    # Rows first: on PostgreSQL this waits for a concurrent creator to commit,
-    # so the locking read below sees the row and the numbers stay unique.
     await tx.executemany(
         "INSERT INTO streams (stream, last_seq) VALUES (?, 0) ON CONFLICT (stream) DO NOTHING",
         [(name,) for name in names],
     )
-    marks = ", ".join("?" * len(names))
-    rows = await tx.fetch_all(f"SELECT stream, last_seq FROM streams WHERE stream IN ({marks}){tx.for_update}", names)
-    before = {row[0]: int(row[1]) for row in rows}
     await tx.executemany(
-        "UPDATE streams SET last_seq = ? WHERE stream = ?", [(before[name] + counts[name], name) for name in names]
+        "UPDATE streams SET last_seq = last_seq + ? WHERE stream = ?", [(counts[name], name) for name in names]
     )
-    return before
+    after: dict[str, int] = {}
+    for start in range(0, len(names), READ_CHUNK):
+        chunk = names[start : start + READ_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows = await tx.fetch_all(f"SELECT stream, last_seq FROM streams WHERE stream IN ({marks})", chunk)
+        after.update((str(row[0]), int(row[1])) for row in rows)
+    return {name: after[name] - counts[name] for name in names}
 
 
 def frame(type_: str, seq: int, body: dict[str, Any]) -> str:
@@ -81,12 +89,13 @@ async def last_seq(db: Db, stream: str) -> int:
 
 
 async def since(db: Db, stream: str, after: int, limit: int) -> list[tuple[int, str]] | None:
-    """Events after `after`, oldest first; None when more than `limit` are missed."""
+    """Events after `after`, oldest first; None when they cannot all be replayed:
+    more than `limit`, or the first of them no longer kept."""
     rows = await db.fetch_all(
         "SELECT seq, frame FROM stream_events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
         (stream, after, limit + 1),
     )
-    if len(rows) > limit:
+    if len(rows) > limit or (rows and int(rows[0][0]) != after + 1):
         return None
     return [(int(seq), text) for seq, text in rows]
 

@@ -92,7 +92,7 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[Server]:
+async def running(settings: Settings, ws_impl: str = "websockets-sansio") -> AsyncIterator[Server]:
     app = create_app(settings)
     port = free_port()
     config = uvicorn.Config(
@@ -100,7 +100,7 @@ async def running(settings: Settings) -> AsyncIterator[Server]:
         host="127.0.0.1",
         port=port,
         log_level="warning",
-        ws="websockets-sansio",
+        ws=ws_impl,
         lifespan="on",
         ws_max_size=settings.max_frame_bytes * 4,
     )

@@ -62,8 +62,9 @@ class Proc:
         return self.popen.wait(timeout)
 
 
-def start(env: Mapping[str, str], log: Path) -> Proc:
-    port = free_port()
+def start(env: Mapping[str, str], log: Path, port: int | None = None) -> Proc:
+    """`port` None: a free one; a given port lets a restarted server take its predecessor's place."""
+    port = port or free_port()
     full_env = {
         **os.environ,
         "JWT_SECRET": SECRET,

@@ -273,3 +273,19 @@ async def test_frame_over_the_limit_closes_with_1009(server: Server) -> None:
         await a.expect("message_history")
         await a.send(json.dumps({"type": "chat_message", "content": "x" * (65 * 1024)}))
         assert await a.closed() == 1009
+
+
+async def test_chat_works_through_plain_asgi_sends_too(tmp_path) -> None:
+    """Under another WebSocket implementation there is no direct write: every
+    frame goes through ASGI `send`, and nothing changes for the clients."""
+    from tests.conftest import base_settings, running
+
+    async with running(base_settings(tmp_path), ws_impl="websockets") as srv:
+        await srv.room("r1", [1, 2])
+        async with chat(srv, "r1", 1) as a, chat(srv, "r1", 2) as b:
+            await a.expect("message_history")
+            await b.expect("message_history")
+            assert all(e.out._direct is None for s in srv.runtime.sockets.values() for e in s)
+            await a.send({"type": "chat_message", "content": "via asgi"})
+            for client in (a, b):
+                assert (await client.expect("chat_message"))["message"]["content"] == "via asgi"

@@ -327,6 +327,21 @@ async def test_chat_messages_notify_members_away_from_the_room(server: Server) -
         await away_notes.silent(0.5)
 
 
+async def test_a_member_removed_from_the_room_is_not_notified(server: Server) -> None:
+    await server.room("r1", [1, 2])
+    async with chat(server, "r1", 1) as sender, notes(server, 2) as removed:
+        await sender.expect("message_history")
+        await removed.expect("bulk_update")
+        await sender.send({"type": "chat_message", "content": "first"})
+        assert (await removed.expect("new_notification"))["notification"]["body"] == "first"
+        async with server.api() as api:
+            assert (await api.delete("/api/rooms/r1/members/2")).status_code == 204
+        await sender.send({"type": "chat_message", "content": "secret"})
+        await sender.expect("chat_message")
+        await sender.expect("chat_message")
+        await removed.silent(0.5)
+
+
 async def test_triggers_and_reads_cross_processes(tmp_path: Path) -> None:
     require("redis")
     require("postgres")

@@ -1,0 +1,190 @@
+"""Prometheus metrics of one app, and `GET /metrics` in the text exposition format.
+
+Each app has its own `CollectorRegistry` (several apps in one process, as in
+the tests, never mix their numbers). The core calls one method here per event
+it counts; each method keeps the labelled child it resolved the first time, so
+a count is a dict look-up and an increment. A fan-out is counted once per
+publish with the number of recipients, never once per socket. What the core
+already keeps (its open sockets, the broker's reconnects, the hub's publish
+failures) is read at scrape time by a collector and costs nothing in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from events.bus import Delivery
+from events.frames import BadFrame, Decoded
+
+if TYPE_CHECKING:
+    from endpoints.runtime import Runtime
+
+# Close codes get their own label value; any other (a client picks its own) is
+# `other`, so a client cannot create series at will.
+CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 1013, 4001, 4003, 4004})
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+CONTROL_TOPIC = "ctl"  # server commands: their subscriber is the process, not a socket
+_TYPE_PREFIX = '{"type":"'
+
+
+def frame_type(text: str) -> str:
+    """The `type` of a server frame: every builder writes it first."""
+    if text.startswith(_TYPE_PREFIX):
+        end = text.find('"', len(_TYPE_PREFIX))
+        if end > 0:
+            return text[len(_TYPE_PREFIX) : end]
+    return "other"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        r = self.registry
+        self.frames_in = Counter(
+            "realtime_frames_in",
+            "Client frames received, by channel and type (`invalid`: not a frame of the channel).",
+            ["channel", "type"],
+            registry=r,
+        )
+        self.frames_out = Counter(
+            "realtime_frames_out",
+            "Server frames handed to sockets, by type: replies one by one, fan-outs by their recipients.",
+            ["type"],
+            registry=r,
+        )
+        self.errors = Counter("realtime_errors", "`error` frames sent, by code.", ["code"], registry=r)
+        self.closes = Counter("realtime_closes", "Sockets closed, by close code.", ["code"], registry=r)
+        self.slow_consumers = Counter(
+            "realtime_slow_consumer_closes",
+            "Sockets cut off with 1013 because their outbound queue overflowed.",
+            registry=r,
+        )
+        self.dropped = Counter(
+            "realtime_outbound_dropped_frames",
+            "Frames dropped with the queue of a socket cut off as a slow consumer.",
+            registry=r,
+        )
+        self.store_seconds = Histogram(
+            "realtime_store_write_batch_seconds",
+            "Duration of one group-commit transaction of the store's writer.",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.store_jobs = Histogram(
+            "realtime_store_write_batch_size",
+            "Write jobs committed in one group-commit transaction.",
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self._in: dict[tuple[str, str], Any] = {}
+        self._out: dict[str, Any] = {}
+        self._errors: dict[str, Any] = {}
+        self._closes: dict[str, Any] = {}
+
+    def watch(self, runtime: Runtime, channels: Iterable[str]) -> None:
+        """Hook into a started runtime: the hub's fan-out, the store's writer,
+        and a collector reading what the runtime already counts."""
+        runtime.hub.on_fan_out = self.fan_out
+        if runtime.db.writer is not None:
+            runtime.db.writer.on_batch = self.store_batch
+        self.registry.register(_RuntimeCollector(runtime, sorted(set(channels))))
+
+    # ---- what the core calls -------------------------------------------------------
+
+    def frame_in(self, channel: str, item: Decoded | BadFrame) -> None:
+        key = (channel, item.type if isinstance(item, Decoded) else "invalid")
+        child = self._in.get(key)
+        if child is None:
+            child = self._in[key] = self.frames_in.labels(*key)
+        child.inc()
+
+    def frame_out(self, text: str) -> None:
+        """A frame for one socket (a reply, a snapshot, a replay)."""
+        self._count_out(frame_type(text), 1)
+
+    def fan_out(self, topic: str, delivery: Delivery, recipients: int) -> None:
+        if recipients and topic != CONTROL_TOPIC:
+            # Events refilled from the store carry no type: read it from the frame.
+            self._count_out(delivery.type or frame_type(delivery.frame), recipients)
+
+    def error(self, code: str) -> None:
+        child = self._errors.get(code)
+        if child is None:
+            child = self._errors[code] = self.errors.labels(code)
+        child.inc()
+
+    def closed(self, code: int, dropped: int) -> None:
+        label = str(code) if code in CLOSE_CODES else "other"
+        child = self._closes.get(label)
+        if child is None:
+            child = self._closes[label] = self.closes.labels(label)
+        child.inc()
+        if dropped:
+            self.slow_consumers.inc()
+            self.dropped.inc(dropped)
+
+    def store_batch(self, jobs: int, seconds: float) -> None:
+        self.store_jobs.observe(jobs)
+        self.store_seconds.observe(seconds)
+
+    def _count_out(self, type_: str, n: int) -> None:
+        child = self._out.get(type_)
+        if child is None:
+            child = self._out[type_] = self.frames_out.labels(type_)
+        child.inc(n)
+
+
+class _RuntimeCollector(Collector):
+    """Numbers the runtime keeps anyway, read when Prometheus scrapes."""
+
+    def __init__(self, runtime: Runtime, channels: list[str]) -> None:
+        self.runtime = runtime
+        self.channels = channels
+
+    def collect(self) -> Iterator[Metric]:
+        rt = self.runtime
+        counts = dict.fromkeys(self.channels, 0)
+        for sockets in list(rt.sockets.values()):
+            for socket in list(sockets):
+                counts[socket.channel] = counts.get(socket.channel, 0) + 1
+        gauge = GaugeMetricFamily(
+            "realtime_open_sockets", "Authenticated sockets open, by channel.", labels=["channel"]
+        )
+        for channel, count in sorted(counts.items()):
+            gauge.add_metric([channel], count)
+        yield gauge
+        yield GaugeMetricFamily(
+            "realtime_pending_auth_sockets", "Sockets waiting for their `auth` frame.", value=rt.pending_auth
+        )
+        yield GaugeMetricFamily(
+            "realtime_hub_topics", "Topics this process is subscribed to on the broker.", value=len(rt.hub.topics)
+        )
+        yield CounterMetricFamily(
+            "realtime_broker_reconnects",
+            "Reconnects of this process to the broker (Redis) after losing it.",
+            value=getattr(rt.hub.backend, "reconnects", 0),
+        )
+        yield CounterMetricFamily(
+            "realtime_hub_publish_failures",
+            "Publishes the broker refused (persisted events are kept and published again).",
+            value=rt.hub.publish_failures,
+        )
+
+
+async def metrics(request: Request) -> Response:
+    # The text format 0.0.4 unless the scraper asks for OpenMetrics.
+    encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    return Response(encode(request.app.state.runtime.metrics.registry), headers={"Content-Type": content_type})
+
+
+routes = [Route("/metrics", metrics)]

@@ -1,0 +1,77 @@
+"""A host Starlette app with the realtime server mounted under `/realtime`.
+
+    JWT_SECRET=... SERVICE_KEY=... python examples/embed.py
+
+The host's lifespan runs the realtime app's (Starlette never runs a mounted
+app's lifespan by itself), and the host's own routes call the realtime server
+from Python: a notification when an order is paid, a system message in a chat
+room. Clients connect to `ws://host/realtime/ws/chat/{room_id}/` and so on.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Mount, Route
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from embedding import Realtime
+from settings import Settings, from_env
+from store.errors import NotFound
+
+
+def build(settings: Settings) -> tuple[Starlette, Realtime]:
+    realtime = Realtime(settings)
+
+    async def home(request: Request) -> Response:
+        return PlainTextResponse("the host app; the realtime server is under /realtime")
+
+    async def order_paid(request: Request) -> Response:
+        order_id = request.path_params["order_id"]
+        user_id = int(request.query_params["user_id"])
+        created = await realtime.notify(
+            [user_id], "payment", "결제가 완료되었습니다", f"주문 {order_id}", action_url=f"/orders/{order_id}"
+        )
+        return JSONResponse({"notifications": created})
+
+    async def announce(request: Request) -> Response:
+        data = await request.json()
+        try:
+            message = await realtime.publish(data["room_id"], data["content"])
+        except NotFound:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        except ValueError as exc:
+            return JSONResponse({"error": "invalid_payload", "message": str(exc)}, status_code=400)
+        return JSONResponse({"message": message}, status_code=201)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # The host's own start-up and shutdown go around the realtime server's.
+        async with realtime.lifespan():
+            yield
+
+    app = Starlette(
+        routes=[
+            Route("/", home),
+            Route("/orders/{order_id}/paid", order_paid, methods=["POST"]),
+            Route("/announce", announce, methods=["POST"]),
+            Mount("/realtime", app=realtime.app),
+        ],
+        lifespan=lifespan,
+    )
+    return app, realtime
+
+
+if __name__ == "__main__":
+    import uvicorn
+
+    app, _ = build(from_env())
+    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), ws="websockets-sansio")

@@ -1,0 +1,115 @@
+"""The deployment files: the Dockerfile's command really serves and stops
+gracefully, the image gets every runtime dependency, and the settings tables
+agree with `settings.py`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from importlib.metadata import packages_distributions
+from pathlib import Path
+
+from tests.conftest import SECRET, free_port, token, ws
+from tests.procs import Proc, ready
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+RUNTIME_MODULES = ["server.py", "settings.py", "logconfig.py", "embedding.py", "endpoints", "events", "store"]
+
+
+def instruction(name: str) -> str:
+    """The arguments of a Dockerfile instruction, continuation lines joined."""
+    text = DOCKERFILE.replace("\\\n", " ")
+    matches = re.findall(rf"^{name}\s+(.+)$", text, re.MULTILINE)
+    assert len(matches) == 1, (name, matches)
+    return matches[0]
+
+
+def normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def test_the_image_is_slim_and_runs_as_a_user() -> None:
+    assert instruction("FROM") == "python:3.11-slim"
+    assert instruction("USER") not in ("root", "0")
+
+
+def test_the_image_installs_every_distribution_the_server_imports() -> None:
+    # The Dockerfile installs requirements.txt up to the tests' section.
+    requirements = (ROOT / "requirements.txt").read_text()
+    assert re.search(r"sed '/\^# Tests and checks/,\$d' requirements.txt", DOCKERFILE)
+    runtime_part = requirements.split("# Tests and checks", 1)[0]
+    installed = {normalized(line.split("==")[0]) for line in runtime_part.splitlines() if "==" in line}
+    imported: set[str] = set()
+    files = [p for entry in RUNTIME_MODULES for p in sorted((ROOT / entry).glob("*.py") if "." not in entry else [])]
+    files += [ROOT / entry for entry in RUNTIME_MODULES if entry.endswith(".py")]
+    for path in files:
+        imported |= set(re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.MULTILINE))
+    distributions = packages_distributions()
+    third_party = {normalized(d) for name in imported for d in distributions.get(name, [])}
+    assert third_party, imported
+    assert third_party <= installed, third_party - installed
+
+
+def start_image_command(tmp_path: Path) -> tuple[Proc, dict[str, str]]:
+    command = json.loads(instruction("CMD"))
+    port = free_port()
+    env = {
+        **os.environ,
+        # The image's environment, with this machine's paths.
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PORT": str(port),
+        "DATABASE_URL": f"sqlite:///{tmp_path}/realtime.db",
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        "JWT_SECRET": SECRET,
+    }
+    log = tmp_path / "image.log"
+    with log.open("wb") as out:
+        popen = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return Proc(port, popen, log), env
+
+
+async def test_the_dockerfile_command_serves_answers_its_healthcheck_and_stops_with_1012(tmp_path: Path) -> None:
+    proc, env = start_image_command(tmp_path)
+    try:
+        await ready(proc)
+        healthcheck = instruction("HEALTHCHECK").split(" CMD ", 1)[1]
+        check = await asyncio.create_subprocess_exec("sh", "-c", healthcheck, env=env)
+        assert await asyncio.wait_for(check.wait(), 10) == 0
+        async with ws(proc.ws_url("/ws/notifications/", token=token(1))) as client:
+            await client.expect("bulk_update")
+            # `exec`: the signal reaches uvicorn itself, not a shell that would ignore it.
+            proc.terminate()
+            assert await client.closed(timeout=10) == 1012
+        assert proc.wait(15) in (0, -signal.SIGTERM)
+    finally:
+        proc.kill()
+    assert "Application shutdown complete" in proc.output()
+
+
+def test_the_readme_settings_agree_with_the_generated_table() -> None:
+    sys.path.insert(0, str(ROOT / "docs"))
+    try:
+        import generate
+    finally:
+        sys.path.remove(str(ROOT / "docs"))
+    table = {}
+    for row in generate.settings_table().splitlines()[2:]:
+        name, default, _ = (cell.strip() for cell in row.strip("|").split("|"))
+        table[name.strip("`")] = default
+    deploy = (ROOT / "docs" / "deploy.md").read_text()
+    assert generate.settings_table() in deploy
+    readme = (ROOT / "README.md").read_text()
+    rows = re.findall(r"^\| (`[A-Z_]+`(?:, `[A-Z_]+`)*) \| ([^|]*) \|", readme, re.MULTILINE)
+    assert rows
+    for names, default in rows:
+        variables = re.findall(r"`([A-Z_]+)`", names)
+        for variable in variables:
+            assert variable in table, f"README names {variable}, which the server does not read"
+        if len(variables) == 1 and default.strip():
+            assert default.strip() == table[variables[0]], (variables[0], default, table[variables[0]])
