@@ -163,9 +163,10 @@ class GroupCommitWriter:
         self._pending.append((job, future))
         self._idle.clear()
         self._wake.set()
-        # The write goes on even if the caller is cancelled (its socket closed):
-        # what a client sent and the server accepted is kept.
-        return await asyncio.shield(future)
+        # The job is queued, not awaited: if the caller is cancelled (its socket
+        # closed), only its future is, and the write still commits. What a
+        # client sent and the server accepted is kept.
+        return await future
 
     async def close(self) -> None:
         """Commit what is queued, then stop."""
