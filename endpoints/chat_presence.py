@@ -2,8 +2,8 @@
 
 The chat notification trigger asks it which members are away from a room.
 
-With `BROKER_URL=memory://` there is one process, and its socket registry
-(`Runtime.sockets`) is the whole answer. With Redis, each room also has a sorted set
+Each process counts its own chat sockets per (room, user): with
+`BROKER_URL=memory://` that is the whole answer. With Redis, each room also has a sorted set
 `<namespace>chat:<room_id>` whose members are `<user_id>:<process>`, scored by
 an expiry time: a process adds a member when a user's first socket on the room
 opens there, removes it when the last one closes, and refreshes its members
@@ -25,7 +25,7 @@ import hashlib
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
@@ -70,11 +70,13 @@ class ChatPresence:
         return cls(settings.broker_url, "rt:" + hashlib.sha256(settings.database_url.encode()).hexdigest()[:12] + ":")
 
     async def enter(self, socket: BaseEndpoint, room_id: str) -> None:
-        if self.redis is None or socket in self.entered:
+        if socket in self.entered:
             return
         key = (room_id, socket.user_id)
         self.entered[socket] = key
         self.counts[key] = self.counts.get(key, 0) + 1
+        if self.redis is None:
+            return
         if self.heartbeat is None:
             self.heartbeat = asyncio.create_task(self._beat(), name="chat-presence-heartbeat")
         if self.counts[key] == 1:
@@ -89,20 +91,22 @@ class ChatPresence:
             self.counts[key] = count
             return
         self.counts.pop(key, None)
-        await self._sync(key)
+        if self.redis is not None:
+            await self._sync(key)
 
-    def away_now(self, room_id: str, sender_id: int, sockets: Mapping[int, set[BaseEndpoint]]) -> list[int] | None:
+    def away_now(self, room_id: str, sender_id: int) -> list[int] | None:
         """`away` without waiting, when this process knows the answer (the member
         list is cached, and the absent are absent everywhere); else None."""
         cached = self.members.get(room_id)
         if cached is None or cached[0] < time.monotonic():
             return None
-        away = [m for m in cached[1] if m != sender_id and not _here(sockets, room_id, m)]
+        counts = self.counts
+        away = [m for m in cached[1] if m != sender_id and (room_id, m) not in counts]
         if away and self.redis is not None:
             return None  # they may have a socket on another process
         return away
 
-    async def away(self, db: Db, room_id: str, sender_id: int, sockets: Mapping[int, set[BaseEndpoint]]) -> list[int]:
+    async def away(self, db: Db, room_id: str, sender_id: int) -> list[int]:
         """The room's members, but the sender, with no chat socket open on it anywhere."""
         now = time.monotonic()
         cached = self.members.get(room_id)
@@ -114,16 +118,13 @@ class ChatPresence:
         others = [m for m in cached[1] if m != sender_id]
         if not others:
             return []
-        present = await self.present(room_id, others, sockets)
+        present = await self.present(room_id, others)
         return [m for m in others if m not in present]
 
-    async def present(
-        self, room_id: str, user_ids: Iterable[int], sockets: Mapping[int, set[BaseEndpoint]]
-    ) -> set[int]:
-        """Those of `user_ids` with a chat socket open on the room; `sockets` is
-        this process's registry (`Runtime.sockets`)."""
+    async def present(self, room_id: str, user_ids: Iterable[int]) -> set[int]:
+        """Those of `user_ids` with a chat socket open on the room, here or on another process."""
         wanted = set(user_ids)
-        here = {u for u in wanted if _here(sockets, room_id, u)}
+        here = {u for u in wanted if (room_id, u) in self.counts}
         if self.redis is None or here == wanted:
             return here
         try:
@@ -191,10 +192,3 @@ class ChatPresence:
             self.counts.clear()
             self.entered.clear()
             await self.redis.aclose()
-
-
-def _here(sockets: Mapping[int, set[BaseEndpoint]], room_id: str, user_id: int) -> bool:
-    return any(
-        s.channel == "chat" and getattr(s, "room_id", None) == room_id and not s.out.closed
-        for s in sockets.get(user_id, ())
-    )

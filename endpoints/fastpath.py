@@ -10,8 +10,10 @@ machine and hand it to the transport, in the caller's stack.
 
 It is used only while that `send` would itself not wait (the transport is
 writable, the handshake done, no close sent); anything else goes through ASGI.
-The attributes read here are uvicorn's, checked on the version pinned in
-requirements.txt and covered by the test suite, which runs both paths.
+The frame bytes are made once per event and written to every plain (not
+compressed) connection as they are. The attributes read here are uvicorn's and
+websockets', checked on the versions pinned in requirements.txt and covered by
+the test suite, which runs both paths.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
+from websockets.frames import Frame, Opcode
+from websockets.protocol import State
 
 RAW_SEND = "realtime.raw_send"
 
@@ -37,6 +41,22 @@ class KeepRawSend:
         if scope["type"] == "websocket":
             scope[RAW_SEND] = send
         await self.app(scope, receive, send)
+
+
+class _LastFrame:
+    """The wire bytes of the last text framed. A fan-out hands the same `data`
+    object to every socket in turn: it is framed once, not once per socket
+    (a server frame is unmasked, so it is the same for every plain connection)."""
+
+    data: bytes | None = None
+    wire: bytes = b""
+
+
+def framed(data: bytes) -> bytes:
+    if data is not _LastFrame.data:
+        _LastFrame.wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+        _LastFrame.data = data
+    return _LastFrame.wire
 
 
 def direct_writer(send: Any) -> DirectWrite | None:
@@ -59,8 +79,12 @@ def direct_writer(send: Any) -> DirectWrite | None:
             or transport.is_closing()
         ):
             return False
-        conn.send_text(data)
-        transport.write(b"".join(conn.data_to_send()))
+        if conn.extensions or conn.state is not State.OPEN or conn.expect_continuation_frame:
+            # Compressed (per connection), or not plainly open: let websockets frame it.
+            conn.send_text(data)
+            transport.write(b"".join(conn.data_to_send()))
+        else:
+            transport.write(framed(data))
         return True
 
     return write

@@ -80,7 +80,7 @@ def chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> Non
     task at all. The work is not tied to the sender's socket, which may close
     right after sending."""
     sender_id = message["sender"]["id"]
-    away = runtime.chat_presence.away_now(room_id, sender_id, runtime.sockets)
+    away = runtime.chat_presence.away_now(room_id, sender_id)
     if away == []:
         return
     work = asyncio.ensure_future(_chat_message(runtime, room_id, message, away))
@@ -92,7 +92,7 @@ async def _chat_message(runtime: Runtime, room_id: str, message: dict[str, Any],
     try:
         sender = message["sender"]
         if away is None:
-            away = await runtime.chat_presence.away(runtime.db, room_id, sender["id"], runtime.sockets)
+            away = await runtime.chat_presence.away(runtime.db, room_id, sender["id"])
         if away:
             title, body = f"{sender['name']}님의 새 메시지", _preview(message)
             created = await notifications.create(runtime.db, away, "message", title, body, members_of=room_id)

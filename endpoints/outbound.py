@@ -46,7 +46,8 @@ class Outbound:
         # Writes an encoded frame at once when the server allows (see fastpath).
         self._direct = direct
         self._limit = limit
-        self._backlog: deque[dict[str, Any]] = deque()
+        # Made when first needed: most sockets never fall behind (and 10,000 empty deques weigh 7 MB).
+        self._backlog: deque[dict[str, Any]] | None = None
         self._writer: asyncio.Task[None] | None = None
         self._close: dict[str, Any] | None = None
         self.closed = False
@@ -78,6 +79,8 @@ class Outbound:
                 return
         message = {"type": "websocket.send", "text": text}
         if self._writer is not None:
+            if self._backlog is None:
+                self._backlog = deque()
             if len(self._backlog) >= self._limit:
                 self._overflow()
                 return
@@ -119,7 +122,7 @@ class Outbound:
             await _resume(coro, pending)
             self.sent += 1
             while self._backlog:
-                await self._send(self._backlog.popleft())
+                await self._send(self._backlog.popleft())  # type: ignore[union-attr]
                 self.sent += 1
             if self._close is not None:
                 message, self._close = self._close, None
@@ -134,8 +137,8 @@ class Outbound:
                 self._writer = None
 
     def _overflow(self) -> None:
-        self.dropped += len(self._backlog) + 1
-        self._backlog.clear()
+        self.dropped += len(self._backlog or ()) + 1
+        self._backlog = None
         self.closed = True
         writer = self._writer
         # The writer is blocked on a paused transport: stop waiting for it and
@@ -149,7 +152,7 @@ class Outbound:
     def _fail(self, exc: Exception) -> None:
         log.debug("send failed: %r", exc)
         self.closed = True
-        self._backlog.clear()
+        self._backlog = None
         self._notify()
 
     def _notify(self) -> None:

@@ -289,3 +289,23 @@ async def test_chat_works_through_plain_asgi_sends_too(tmp_path) -> None:
             await a.send({"type": "chat_message", "content": "via asgi"})
             for client in (a, b):
                 assert (await client.expect("chat_message"))["message"]["content"] == "via asgi"
+
+
+async def test_compressed_and_plain_clients_get_the_same_frames(server: Server) -> None:
+    """A plain connection gets the frame bytes made once for every plain
+    connection; a compressed one gets its own. Both read the same frames."""
+    await server.room("r1", [1, 2, 3])
+    plain_url = server.ws_url("/ws/chat/r1/", token=token(2))
+    async with (
+        chat(server, "r1", 1) as sender,
+        ws(plain_url, compression=None) as plain,
+        chat(server, "r1", 3) as deflated,
+    ):
+        for client in (sender, plain, deflated):
+            await client.expect("message_history")
+        for i in range(3):
+            await sender.send({"type": "chat_message", "content": f"same {i} " + "é" * i})
+        for i in range(3):
+            frames = [await client.expect("chat_message") for client in (sender, plain, deflated)]
+            assert frames[0] == frames[1] == frames[2]
+            assert frames[0]["message"]["content"] == f"same {i} " + "é" * i
