@@ -80,10 +80,6 @@ class BaseEndpoint(WebSocketEndpoint):
         self.topics: list[str] = []
         self.joined: list[str] = []
         self.tasks: set[asyncio.Task[Any]] = set()
-        send = self.scope.get(RAW_SEND, self.send)
-        self.out = Outbound(send, self.rt.settings.outbound_queue, direct_writer(send))
-        self.out.on_closed = self._lost
-        self.out.on_push = self.rt.metrics.frame_out
         self.bucket = TokenBucket(self.rt.settings.rate_limit, self.rt.settings.rate_burst)
         self.abuse = AbuseMeter()
         self.expiry: asyncio.TimerHandle | None = None
@@ -91,6 +87,11 @@ class BaseEndpoint(WebSocketEndpoint):
         self.close_code = NORMAL
         # Accept first: a close before accept reaches a browser as a bare HTTP 403.
         await websocket.accept()
+        send = self.scope.get(RAW_SEND, self.send)
+        # After the handshake: only then can the direct write be had.
+        self.out = Outbound(send, self.rt.settings.outbound_queue, direct_writer(send))
+        self.out.on_closed = self._lost
+        self.out.on_push = self.rt.metrics.frame_out
         try:
             origin = websocket.headers.get("origin")
             allowed = self.rt.settings.allowed_origins

@@ -65,8 +65,13 @@ def direct_writer(send: Any) -> DirectWrite | None:
         return None
     try:
         conn, transport, writable = protocol.conn, protocol.transport, protocol.writable
+        if not protocol.handshake_complete:
+            return None
     except AttributeError:
         return None
+
+    # Fixed once the handshake is done, which it is when the endpoint asks.
+    plain = not conn.extensions
 
     def write(data: bytes) -> bool:
         # The same conditions under which uvicorn's `send` writes at once.
@@ -74,17 +79,16 @@ def direct_writer(send: Any) -> DirectWrite | None:
             not writable.is_set()
             or protocol.close_sent
             or protocol.disconnected
-            or not protocol.handshake_complete
             or protocol.initial_response is not None
             or transport.is_closing()
         ):
             return False
-        if conn.extensions or conn.state is not State.OPEN or conn.expect_continuation_frame:
+        if plain and conn.state is State.OPEN:
+            transport.write(framed(data))
+        else:
             # Compressed (per connection), or not plainly open: let websockets frame it.
             conn.send_text(data)
             transport.write(b"".join(conn.data_to_send()))
-        else:
-            transport.write(framed(data))
         return True
 
     return write

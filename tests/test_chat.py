@@ -303,6 +303,8 @@ async def test_compressed_and_plain_clients_get_the_same_frames(server: Server) 
     ):
         for client in (sender, plain, deflated):
             await client.expect("message_history")
+        # uvicorn's sans-I/O protocol: every socket has the direct write.
+        assert all(e.out._direct is not None for s in server.runtime.sockets.values() for e in s)
         for i in range(3):
             await sender.send({"type": "chat_message", "content": f"same {i} " + "é" * i})
         for i in range(3):
