@@ -1,0 +1,305 @@
+"""Run scenarios against targets, each on a fresh server pinned to core 0 with
+the load pinned to core 1, and append every result line to bench/out/results.jsonl.
+
+    python -m bench.run --targets project,bare --scenarios fanout,latency [--quick] [--profile]
+
+Targets: project, project-redis (this server; SQLite; memory:// or Redis
+broker), bare (bench/peers/bare.py), channels-memory, channels-redis,
+channels-redis-pubsub (bench/peers/channels_peer.py under uvicorn).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from bench.load import JWT_SECRET, SCENARIOS, raise_fd_limit
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+OUT = BENCH / "out"
+SERVICE_KEY = "bench-service-key"
+REDIS_URL = "redis://127.0.0.1:6379/15"
+SERVER_CORE, LOAD_CORE = 0, 1
+UVICORN_FLAGS = ["--host", "127.0.0.1", "--ws", "websockets-sansio", "--ws-max-size", "262144"]
+UVICORN_FLAGS += ["--log-level", "warning"]
+# The project's per-socket frame limit (20/s) is an abuse guard; the scenarios
+# measure capacity, so it is raised for them (`--server-env` puts it back).
+PROJECT_ENV = {"RATE_LIMIT": "10000", "RATE_BURST": "10000"}
+LOG_KEEP = 256 * 1024
+TARGETS = ["project", "project-redis", "bare", "channels-memory", "channels-redis", "channels-redis-pubsub"]
+SCENARIO_TIMEOUT = 600
+
+
+@dataclass
+class Server:
+    target: str
+    process: subprocess.Popen[bytes]
+    port: int
+    db: Path | None
+    log: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+
+def peers_python() -> Path:
+    for candidate in (BENCH / ".venv-peers/bin/python", Path("/tmp/vpeers/bin/python")):
+        if candidate.exists():
+            return candidate
+    raise SystemExit(
+        "no peer virtualenv: python3 -m venv bench/.venv-peers && "
+        "bench/.venv-peers/bin/pip install -r bench/peers/requirements.txt"
+    )
+
+
+def pinned(argv: list[str], core: int) -> tuple[list[str], Callable[[], None] | None]:
+    """`taskset -c CORE argv`, or the same through sched_setaffinity where taskset is missing."""
+    if shutil.which("taskset"):
+        return ["taskset", "-c", str(core), *argv], None
+    return argv, lambda: os.sched_setaffinity(0, {core})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def command(target: str, port: int, tmp: Path, extra: dict[str, str]) -> tuple[list[str], dict[str, str], Path | None]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+    if target in ("project", "project-redis"):
+        db = tmp / "bench.db"
+        env = {**PROJECT_ENV, **env}
+        env.update(
+            JWT_SECRET=JWT_SECRET,
+            SERVICE_KEY=SERVICE_KEY,
+            DATABASE_URL=f"sqlite:///{db}",
+            BROKER_URL=REDIS_URL if target == "project-redis" else "memory://",
+            LOG_LEVEL="warning",
+        )
+        return [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port), *UVICORN_FLAGS], env, db
+    if target == "bare":
+        return [sys.executable, str(BENCH / "peers/bare.py"), "--port", str(port)], env, None
+    layer = {"channels-memory": "memory", "channels-redis": "redis", "channels-redis-pubsub": "pubsub"}[target]
+    env.update(CHANNEL_LAYER=layer, REDIS_URL=REDIS_URL)
+    argv = [str(peers_python()), "-m", "uvicorn", "channels_peer:application", "--app-dir", str(BENCH / "peers")]
+    return [*argv, "--port", str(port), *UVICORN_FLAGS, "--lifespan", "off"], env, None
+
+
+def redis_up() -> bool:
+    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", 6379), timeout=1):
+        return True
+    return False
+
+
+@contextlib.contextmanager
+def server(target: str, tag: str, extra: dict[str, str]) -> Iterator[Server]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-"))
+    port = free_port()
+    argv, env, db = command(target, port, tmp, extra)
+    argv, pin = pinned(argv, SERVER_CORE)
+    log = OUT / f"server-{tag}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pin)
+    running = Server(target, process, port, db, log)
+    try:
+        wait_ready(running)
+        yield running
+    finally:
+        stop(process)
+        shutil.rmtree(tmp, ignore_errors=True)
+        trim(log)
+
+
+def trim(log: Path) -> None:
+    """Drop an empty log; keep the end of a long one (a peer may log a traceback per socket)."""
+    size = log.stat().st_size
+    if size == 0:
+        log.unlink()
+    elif size > LOG_KEEP:
+        with log.open("rb") as f:
+            f.seek(size - LOG_KEEP)
+            kept = f.read()
+        log.write_bytes(b"[... %d bytes cut ...]\n" % (size - LOG_KEEP) + kept)
+
+
+def wait_ready(s: Server, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if s.process.poll() is not None:
+            raise RuntimeError(f"{s.target} exited with {s.process.returncode}: {tail(s.log)}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", s.port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{s.target} did not listen within {timeout}s: {tail(s.log)}")
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(15)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+
+
+def tail(path: Path, chars: int = 800) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+def profiler(s: Server, tag: str, fmt: str) -> subprocess.Popen[bytes] | None:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        print("py-spy not found: pip install -r bench/requirements.txt", file=sys.stderr)
+        return None
+    suffix = {"raw": "txt", "flamegraph": "svg", "speedscope": "json"}[fmt]
+    argv = [spy, "record", "--pid", str(s.pid), "--rate", "100", "--gil", "--nonblocking", "--format", fmt]
+    argv, pin = pinned([*argv, "-o", str(OUT / f"prof-{tag}.{suffix}")], LOAD_CORE)
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
+    time.sleep(0.5)  # attached before the load starts
+    return process
+
+
+def run_one(target: str, scenario: str, args: argparse.Namespace, run_id: str) -> dict[str, object]:
+    tag = f"{run_id}-{target}-{scenario}"
+    meta: dict[str, object] = {
+        "run": run_id,
+        "at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "loadavg_before": [round(x, 2) for x in os.getloadavg()],
+        "profiled": args.profile,
+        "git": args.git,
+    }
+    if target in ("project-redis", "channels-redis", "channels-redis-pubsub") and not redis_up():
+        return {"scenario": scenario, "target": target, "error": "redis is not running on 127.0.0.1:6379", **meta}
+    try:
+        with server(target, tag, args.server_env) as s:
+            argv = [sys.executable, "-m", "bench.load", scenario, "--ws", f"ws://127.0.0.1:{s.port}"]
+            argv += ["--pid", str(s.pid), "--target", target, *args.load_args]
+            if s.db is not None:
+                argv += ["--api", f"http://127.0.0.1:{s.port}", "--service-key", SERVICE_KEY, "--db", str(s.db)]
+            if args.quick:
+                argv.append("--quick")
+            spy = profiler(s, tag, args.profile_format) if args.profile else None
+            argv, pin = pinned(argv, LOAD_CORE)
+            try:
+                done = subprocess.run(
+                    argv, cwd=ROOT, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT, preexec_fn=pin
+                )
+            finally:
+                if spy is not None:
+                    spy.send_signal(signal.SIGINT)
+                    with contextlib.suppress(subprocess.TimeoutExpired):
+                        spy.wait(30)
+            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+            if not lines:
+                return {"scenario": scenario, "target": target, "error": f"no result: {done.stderr[-800:]}", **meta}
+            result = json.loads(lines[-1])
+            if s.process.poll() is not None:
+                result["server_exit"] = s.process.returncode
+                result["server_log"] = tail(s.log)
+            return {**result, **meta}
+    except subprocess.TimeoutExpired:
+        return {"scenario": scenario, "target": target, "error": f"over {SCENARIO_TIMEOUT}s", **meta}
+    except RuntimeError as exc:
+        return {"scenario": scenario, "target": target, "error": str(exc), **meta}
+
+
+def git_state() -> str:
+    """The commit, with `+dirty` when the working tree (outside bench/) differs from it."""
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    status = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return rev.strip() + ("+dirty" if status.strip() else "")
+
+
+def machine() -> str:
+    lscpu = [
+        line
+        for line in subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()[:20]
+        if not line.startswith("Flags")
+    ]
+    return "\n".join(
+        [
+            f"date: {datetime.now(UTC).isoformat(timespec='seconds')}",
+            f"git: {git_state()}",
+            f"nproc: {os.cpu_count()}",
+            f"python: {platform.python_version()} ({sys.executable})",
+            f"kernel: {platform.release()}",
+            *lscpu,
+        ]
+    )
+
+
+def choose(raw: str, known: list[str], what: str) -> list[str]:
+    chosen = known if raw == "all" else [x.strip() for x in raw.split(",") if x.strip()]
+    unknown = [x for x in chosen if x not in known]
+    if unknown:
+        raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(known)} or all)")
+    return chosen
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", default="project,bare", help=f"comma-separated, or all: {', '.join(TARGETS)}")
+    p.add_argument("--scenarios", default="all", help=f"comma-separated, or all: {', '.join(SCENARIOS)}")
+    p.add_argument("--quick", action="store_true", help="shorter scenarios")
+    p.add_argument("--repeat", type=int, default=1)
+    p.add_argument("--profile", action="store_true", help="record the server with py-spy into bench/out/prof-*")
+    p.add_argument("--profile-format", choices=["raw", "flamegraph", "speedscope"], default="raw")
+    p.add_argument("--out", type=Path, default=OUT / "results.jsonl")
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="set for the server")
+    args, load_args = p.parse_known_args()
+    args.load_args = load_args  # anything else goes to bench.load (e.g. --set members=500)
+    args.server_env = dict(item.partition("=")[::2] for item in args.server_env)
+    args.git = git_state()
+    targets = choose(args.targets, TARGETS, "targets")
+    scenarios = choose(args.scenarios, list(SCENARIOS), "scenarios")
+    OUT.mkdir(parents=True, exist_ok=True)
+    raise_fd_limit()  # inherited by the server and the load
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S") + "-" + secrets.token_hex(2)
+    info = machine()
+    (OUT / f"machine-{run_id}.txt").write_text(info + "\n")
+    print(f"run {run_id}: {len(targets)} targets x {len(scenarios)} scenarios -> {args.out}", file=sys.stderr)
+    started = time.monotonic()
+    failures = 0
+    # Targets interleaved per scenario and repeat: a ratio compares runs close in time.
+    for scenario in scenarios:
+        for _ in range(max(1, args.repeat)):
+            for target in targets:
+                result = run_one(target, scenario, args, run_id)
+                failures += "error" in result
+                line = json.dumps(result)
+                with args.out.open("a") as sink:
+                    sink.write(line + "\n")
+                print(line, flush=True)
+    print(f"run {run_id}: done in {time.monotonic() - started:.0f}s, {failures} failed", file=sys.stderr)
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
