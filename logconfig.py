@@ -33,7 +33,13 @@ class Redact(logging.Filter):
         clean = scrub(message)
         if clean != message:
             record.msg, record.args = clean, ()
+        if record.exc_info and not record.exc_text:
+            # Formatters reuse `exc_text`: the traceback is written scrubbed too.
+            record.exc_text = scrub(_TRACEBACKS.formatException(record.exc_info))
         return True
+
+
+_TRACEBACKS = logging.Formatter()
 
 
 class JsonFormatter(logging.Formatter):

@@ -163,6 +163,10 @@ class BaseEndpoint(WebSocketEndpoint):
         return None
 
     async def _join(self) -> None:
+        if self.stream is not None:
+            # Live events wait from the moment the socket follows its stream
+            # until `catch_up` has sent what came before them.
+            self.buffer = []
         for topic in self.topics:
             await self.rt.hub.join(topic, self)
             self.joined.append(topic)
@@ -309,7 +313,8 @@ class BaseEndpoint(WebSocketEndpoint):
         """Replay the stream after `since` (or send a snapshot), holding live events back meanwhile."""
         assert self.stream is not None
         db, limit = self.rt.db, self.rt.settings.replay_limit
-        self.buffer = []
+        if self.buffer is None:
+            self.buffer = []
         try:
             if since is not None:
                 last = await streams.last_seq(db, self.stream)

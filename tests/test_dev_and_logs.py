@@ -62,3 +62,25 @@ async def test_dev_mode_tokens_work_and_never_leak_into_access_logs(tmp_path: Pa
     for line in log_lines:  # ...but uvicorn's own lines never carry one
         assert first["token"] not in line and second["token"] not in line
         assert "token=[redacted]" in line or "token=" not in line
+
+
+def test_tracebacks_are_scrubbed_in_text_logs() -> None:
+    import io
+    import logging
+
+    from logconfig import Redact
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(Redact())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("realtime.test-tracebacks")
+    logger.addHandler(handler)
+    logger.propagate = False
+    secret = "eyJhbGciOiJIUzI1NiJ9.eyJ1c2VyX2lkIjoxfQ.c2lnbmF0dXJlc2VjcmV0"
+    try:
+        raise ValueError(f"bad token {secret}")
+    except ValueError:
+        logger.exception("request failed")
+    assert "ValueError" in stream.getvalue()
+    assert "c2lnbmF0dXJlc2VjcmV0" not in stream.getvalue()
