@@ -128,6 +128,11 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
         await control.listen(runtime)
         describe_agora(settings)
+        if not settings.allowed_origins and not settings.dev_mode:
+            log.warning(
+                "ALLOWED_ORIGINS is not set: any web page can open sockets here, and with cookie "
+                "authentication act as its visitor (cross-site WebSocket hijacking); set it to your app's origins"
+            )
         if settings.dev_mode:
             port = os.environ.get("PORT", "8000")
             await dev.seed(runtime, f"ws://127.0.0.1:{port}")

@@ -84,3 +84,18 @@ def test_tracebacks_are_scrubbed_in_text_logs() -> None:
         logger.exception("request failed")
     assert "ValueError" in stream.getvalue()
     assert "c2lnbmF0dXJlc2VjcmV0" not in stream.getvalue()
+
+
+async def test_production_without_allowed_origins_warns_at_start_up(tmp_path: Path) -> None:
+    outputs = []
+    for name, extra in (("open", {}), ("closed", {"ALLOWED_ORIGINS": "https://app.example"})):
+        env = {"DATABASE_URL": f"sqlite:///{tmp_path}/{name}.db", "UPLOAD_DIR": str(tmp_path / "up"), **extra}
+        proc = start(env, tmp_path / f"{name}.log")
+        try:
+            await ready(proc)
+        finally:
+            proc.terminate()
+            proc.wait()
+        outputs.append(proc.output())
+    assert "ALLOWED_ORIGINS is not set" in outputs[0]
+    assert "ALLOWED_ORIGINS is not set" not in outputs[1]
