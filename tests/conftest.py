@@ -153,6 +153,17 @@ async def server(request: pytest.FixtureRequest, tmp_path: Path, database_url: s
         yield srv
 
 
+async def get(url: str, **kwargs: object) -> httpx.Response:
+    """An HTTP GET that does not block the event loop the in-process server runs on."""
+    async with httpx.AsyncClient() as client:
+        return await client.get(url, **kwargs)  # type: ignore[arg-type]
+
+
+async def post(url: str, **kwargs: object) -> httpx.Response:
+    async with httpx.AsyncClient() as client:
+        return await client.post(url, **kwargs)  # type: ignore[arg-type]
+
+
 class Client:
     """A test WebSocket client that reads JSON frames with a timeout."""
 

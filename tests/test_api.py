@@ -2,19 +2,7 @@
 
 from __future__ import annotations
 
-import httpx
-
-from tests.conftest import Server, base_settings, chat, running
-
-
-async def get(url: str, **kwargs: object) -> httpx.Response:
-    async with httpx.AsyncClient() as client:
-        return await client.get(url, **kwargs)  # type: ignore[arg-type]
-
-
-async def post(url: str, **kwargs: object) -> httpx.Response:
-    async with httpx.AsyncClient() as client:
-        return await client.post(url, **kwargs)  # type: ignore[arg-type]
+from tests.conftest import Server, base_settings, chat, get, post, running
 
 
 async def test_routes_answer_503_without_a_service_key(tmp_path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from tests.conftest import Server, base_settings, chat, running, token
+from tests.conftest import Server, base_settings, chat, get, post, running, token
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 
@@ -94,13 +94,3 @@ async def test_upload_by_a_non_member_or_stranger_is_refused(server: Server) -> 
 async def test_served_names_cannot_escape_the_upload_directory(server: Server) -> None:
     for name in ("..%2F..%2Fetc%2Fpasswd", "x.png", "../server.py", "%2e%2e"):
         assert (await get(f"{server.http}/files/{name}")).status_code == 404
-
-
-async def get(url: str, **kwargs: object) -> httpx.Response:
-    async with httpx.AsyncClient() as client:
-        return await client.get(url, **kwargs)  # type: ignore[arg-type]
-
-
-async def post(url: str, **kwargs: object) -> httpx.Response:
-    async with httpx.AsyncClient() as client:
-        return await client.post(url, **kwargs)  # type: ignore[arg-type]
