@@ -8,9 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 # Dev mode signs tokens with this when no JWT_SECRET is set: anyone can mint
@@ -70,9 +69,6 @@ class Settings:
     def signing_key(self) -> str:
         """The key dev mode signs demo tokens with (HS* only)."""
         return self.jwt_secret or DEV_SECRET
-
-    def with_(self, **changes: Any) -> Settings:
-        return replace(self, **changes).checked()
 
     def checked(self) -> Settings:
         if not self.jwt_secret and not self.jwt_public_key and not self.dev_mode:

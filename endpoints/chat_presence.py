@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import secrets
 import time
@@ -32,6 +31,7 @@ from urllib.parse import urlparse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from events.presence import namespace
 from settings import Settings
 from store import rooms
 from store.db import Db
@@ -67,7 +67,7 @@ class ChatPresence:
         if urlparse(settings.broker_url).scheme not in ("redis", "rediss"):
             return cls()
         # Processes that share a store share presence; other deployments on the same Redis do not.
-        return cls(settings.broker_url, "rt:" + hashlib.sha256(settings.database_url.encode()).hexdigest()[:12] + ":")
+        return cls(settings.broker_url, namespace(settings))
 
     async def enter(self, socket: BaseEndpoint, room_id: str) -> None:
         if socket in self.entered:

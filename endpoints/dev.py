@@ -4,7 +4,6 @@ windows a minute after starting the server. Never on unless asked."""
 
 from __future__ import annotations
 
-import logging
 import sys
 import time
 from pathlib import Path
@@ -20,8 +19,6 @@ from endpoints.runtime import Runtime
 from store import consultations, rooms, users
 from store.consultations import Consultation
 from store.errors import Conflict
-
-log = logging.getLogger("realtime.dev")
 
 DEMO_USERS = (
     (1, "Dr. Kim", "expert"),

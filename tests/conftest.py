@@ -92,19 +92,10 @@ class Server:
 
 
 @contextlib.asynccontextmanager
-async def running(settings: Settings, ws_impl: str = "websockets-sansio") -> AsyncIterator[Server]:
-    app = create_app(settings)
+async def serving(app: Any, ws_impl: str = "websockets-sansio", **config: Any) -> AsyncIterator[int]:
+    """Any ASGI app under a real uvicorn on a free port, in this event loop; yields the port."""
     port = free_port()
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-        ws=ws_impl,
-        lifespan="on",
-        ws_max_size=settings.max_frame_bytes * 4,
-    )
-    server = uvicorn.Server(config)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws=ws_impl, **config))
     task = asyncio.create_task(server.serve())
     for _ in range(500):
         if server.started or task.done():
@@ -113,11 +104,18 @@ async def running(settings: Settings, ws_impl: str = "websockets-sansio") -> Asy
     if task.done():
         task.result()
     try:
-        yield Server(port, settings, app)
+        yield port
     finally:
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings, ws_impl: str = "websockets-sansio") -> AsyncIterator[Server]:
+    app = create_app(settings)
+    async with serving(app, ws_impl, lifespan="on", ws_max_size=settings.max_frame_bytes * 4) as port:
+        yield Server(port, settings, app)
 
 
 def base_settings(tmp_path: Path, **changes: Any) -> Settings:

@@ -4,7 +4,6 @@ prefix, and the host delivers notifications and messages from Python."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import importlib.util
 from collections.abc import AsyncIterator
@@ -14,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from embedding import Realtime
 from store.errors import NotFound
-from tests.conftest import SERVICE_KEY, base_settings, free_port, token, ws
+from tests.conftest import SERVICE_KEY, base_settings, token, ws
+from tests.conftest import serving as serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -33,21 +32,8 @@ def example() -> ModuleType:
 
 @contextlib.asynccontextmanager
 async def serving(app: Any) -> AsyncIterator[str]:
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="websockets-sansio")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    for _ in range(500):
-        if server.started or task.done():
-            break
-        await asyncio.sleep(0.01)
-    if task.done():
-        task.result()
-    try:
+    async with serve_app(app) as port:
         yield f"127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await asyncio.wait_for(task, 10)
 
 
 @pytest.fixture
