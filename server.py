@@ -31,7 +31,7 @@ from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
 from endpoints.chat_presence import ChatPresence
 from endpoints.consultation import ConsultationEndpoint, describe_agora
-from endpoints.fastpath import KeepRawSend
+from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
 from endpoints.runtime import Runtime
@@ -147,8 +147,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await runtime.chat_presence.close()
             await db.disconnect()
 
+    sockets = socket_routes()
     routes: list[BaseRoute] = [
-        *socket_routes(),
+        *sockets,
         *api.routes,
         *consultation_api.routes,
         *notifications_api.routes,
@@ -160,7 +161,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     ]
     if settings.dev_mode:
         routes += dev.routes
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(KeepRawSend)])
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SocketRoutes, routes=sockets)])
 
 
 def _app_from_env() -> Starlette:

@@ -91,6 +91,21 @@ class Target:
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30) as conn:
             return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
 
+    async def store_batches(self) -> tuple[float, float] | None:
+        """Group commits so far, from the server's /metrics: (transactions, jobs)."""
+        if self.api is None:
+            return None
+        async with httpx.AsyncClient(base_url=self.api, timeout=10) as client:
+            text = (await client.get("/metrics")).text
+        found = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            if name in ("realtime_store_write_batch_size_count", "realtime_store_write_batch_size_sum"):
+                found[name] = float(value)
+        if len(found) < 2:
+            return None
+        return found["realtime_store_write_batch_size_count"], found["realtime_store_write_batch_size_sum"]
+
     async def settle(self, baseline_fds: int, timeout: float = 15.0) -> None:
         """Wait until the server has let go of the sockets the load closed."""
         if not self.pid:
@@ -309,6 +324,7 @@ async def ingest(t: Target, rooms: int, seconds: float, warmup: float) -> dict[s
         in_flight += 1
     await asyncio.sleep(warmup)
     stored_before = await asyncio.to_thread(t.stored)
+    batches_before = await t.store_batches()
     cpu = CpuMeter(t.pid)
     measuring = True
     start = time.monotonic()
@@ -317,6 +333,7 @@ async def ingest(t: Target, rooms: int, seconds: float, warmup: float) -> dict[s
     window = time.monotonic() - start
     usage = cpu.read()
     stored_after = await asyncio.to_thread(t.stored)
+    batches_after = await t.store_batches()
     sending = False
     if in_flight > 0:
         await asyncio.wait([drained], timeout=15)
@@ -324,9 +341,11 @@ async def ingest(t: Target, rooms: int, seconds: float, warmup: float) -> dict[s
     stored_total = await asyncio.to_thread(t.stored)
     codes = close_codes(users)
     await close_members(users)
-    stored_rate = None
+    stored_rate = batch_mean = None
     if stored_before is not None and stored_after is not None:
         stored_rate = round((stored_after - stored_before) / window)
+    if batches_before and batches_after and batches_after[0] > batches_before[0]:
+        batch_mean = round((batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0]), 1)
     return {
         "rooms": rooms,
         "connected": connected(users),
@@ -337,6 +356,7 @@ async def ingest(t: Target, rooms: int, seconds: float, warmup: float) -> dict[s
         "echoes": echoes,
         "echoes_per_s": round(echoes / window),
         "stored_per_s": stored_rate,
+        "commit_batch_mean": batch_mean,
         "sent": sent,
         "stored_total": stored_total,
         "lost_in_flight": in_flight,

@@ -168,13 +168,13 @@ def tail(path: Path, chars: int = 800) -> str:
         return ""
 
 
-def profiler(s: Server, tag: str, fmt: str) -> subprocess.Popen[bytes] | None:
+def profiler(s: Server, tag: str, fmt: str, rate: int) -> subprocess.Popen[bytes] | None:
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(spy).exists():
         print("py-spy not found: pip install -r bench/requirements.txt", file=sys.stderr)
         return None
     suffix = {"raw": "txt", "flamegraph": "svg", "speedscope": "json"}[fmt]
-    argv = [spy, "record", "--pid", str(s.pid), "--rate", "100", "--gil", "--nonblocking", "--format", fmt]
+    argv = [spy, "record", "--pid", str(s.pid), "--rate", str(rate), "--gil", "--nonblocking", "--format", fmt]
     argv, pin = pinned([*argv, "-o", str(OUT / f"prof-{tag}.{suffix}")], LOAD_CORE)
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=pin)
     time.sleep(0.5)  # attached before the load starts
@@ -200,7 +200,7 @@ def run_one(target: str, scenario: str, args: argparse.Namespace, run_id: str) -
                 argv += ["--api", f"http://127.0.0.1:{s.port}", "--service-key", SERVICE_KEY, "--db", str(s.db)]
             if args.quick:
                 argv.append("--quick")
-            spy = profiler(s, tag, args.profile_format) if args.profile else None
+            spy = profiler(s, tag, args.profile_format, args.profile_rate) if args.profile else None
             argv, pin = pinned(argv, LOAD_CORE)
             try:
                 done = subprocess.run(
@@ -271,6 +271,7 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=1)
     p.add_argument("--profile", action="store_true", help="record the server with py-spy into bench/out/prof-*")
     p.add_argument("--profile-format", choices=["raw", "flamegraph", "speedscope"], default="raw")
+    p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=OUT / "results.jsonl")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="set for the server")
     args, load_args = p.parse_known_args()

@@ -17,7 +17,7 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.websockets import WebSocket
 
 from endpoints.auth import AuthError, Identity, token_from_scope
-from endpoints.fastpath import RAW_SEND, direct_writer
+from endpoints.fastpath import RAW_SEND, adopt, direct_writer
 from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
 from endpoints.outbound import Outbound
 from endpoints.runtime import Runtime
@@ -89,6 +89,7 @@ class BaseEndpoint(WebSocketEndpoint):
         await websocket.accept()
         send = self.scope.get(RAW_SEND, self.send)
         # After the handshake: only then can the direct write be had.
+        self.receive = adopt(send) or self.receive
         self.out = Outbound(send, self.rt.settings.outbound_queue, direct_writer(send))
         self.out.on_closed = self._lost
         self.out.on_push = self.rt.metrics.frame_out
@@ -99,6 +100,7 @@ class BaseEndpoint(WebSocketEndpoint):
                 # Cross-site WebSocket hijacking: a cookie would authenticate another site's page.
                 raise Refused(POLICY, "origin not allowed")
             token = token_from_scope(websocket.query_params, websocket.headers)
+            del websocket  # its parsed headers and query would otherwise live as long as the socket
             via_frame = token is None
             if token is None:
                 token = await self._first_frame_token()

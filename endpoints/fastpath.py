@@ -18,28 +18,45 @@ the test suite, which runs both paths.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+from collections.abc import Callable, Sequence
 from typing import Any
 
+from starlette.routing import BaseRoute, Match, WebSocketRoute
 from starlette.types import ASGIApp, Receive, Scope, Send
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 RAW_SEND = "realtime.raw_send"
+# Frames a socket may have queued before its reading is paused. uvicorn pauses
+# after every frame and resumes on every receive: two epoll changes per frame.
+READ_WINDOW = 4
 
 DirectWrite = Callable[[bytes], bool]
 
 
-class KeepRawSend:
-    """Outermost middleware: remember the server's own `send` for WebSockets,
-    before Starlette wraps it."""
+class SocketRoutes:
+    """Outermost middleware: a WebSocket on one of `routes` goes straight to its
+    endpoint, with the server's own `send` remembered before Starlette wraps it.
 
-    def __init__(self, app: ASGIApp) -> None:
+    Nothing between here and the endpoint applies to it (the endpoints handle
+    their own errors), and every coroutine frame in between would stay
+    suspended for the socket's whole life, in memory and on every resume.
+    """
+
+    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
+        self.routes = [route for route in routes if isinstance(route, WebSocketRoute)]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             scope[RAW_SEND] = send
+            for route in self.routes:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    await route.app(scope, receive, send)
+                    return
         await self.app(scope, receive, send)
 
 
@@ -92,3 +109,118 @@ def direct_writer(send: Any) -> DirectWrite | None:
         return True
 
     return write
+
+
+class FrameQueue:
+    """uvicorn's per-connection queue of received events, as a list and one
+    waiter: asyncio.Queue carries four deques (3 KB) per socket. One reader."""
+
+    __slots__ = ("_items", "_waiter")
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self._items = items
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, item: dict[str, Any]) -> None:
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def qsize(self) -> int:
+        return len(self._items)
+
+    async def get(self) -> dict[str, Any]:
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.pop(0)
+
+
+class Flag:
+    """asyncio.Event's interface for uvicorn's `writable`, without a deque of
+    waiters made for every socket (760 B): a list only once somebody waits."""
+
+    __slots__ = ("_set", "_waiters")
+
+    def __init__(self, is_set: bool) -> None:
+        self._set = is_set
+        self._waiters: list[asyncio.Future[None]] | None = None
+
+    def is_set(self) -> bool:
+        return self._set
+
+    def set(self) -> None:
+        self._set = True
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._set = False
+
+    async def wait(self) -> bool:
+        if self._set:
+            return True
+        waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if self._waiters is not None and waiter in self._waiters:
+                self._waiters.remove(waiter)
+        return True
+
+
+def adopt(send: Any) -> Receive | None:
+    """After the handshake, take over the receiving side of uvicorn's sans-I/O
+    protocol: lighter queue and `writable` flag; reading paused only once `READ_WINDOW` frames
+    wait unread and resumed once they are all taken (the same flow control,
+    without two epoll changes per frame); the parsed handshake let go.
+    Returns the `receive` to use, or None on any other server."""
+    protocol = getattr(send, "__self__", None)
+    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+        return None
+    try:
+        if not protocol.handshake_complete or not isinstance(protocol.queue, asyncio.Queue):
+            return None
+        transport, original = protocol.transport, protocol.send_receive_event_to_app
+        old = protocol.queue
+        queue = FrameQueue([old.get_nowait() for _ in range(old.qsize())])
+        writable = Flag(protocol.writable.is_set())
+        # Read only while connecting; a WebSocket's scope keeps its own headers.
+        protocol.request = protocol.response = None
+    except AttributeError:
+        return None
+    protocol.queue, protocol.writable = queue, writable
+
+    def queue_frame() -> None:
+        paused = protocol.read_paused
+        protocol.read_paused = True  # keeps uvicorn's own call from pausing
+        try:
+            original()
+        finally:
+            protocol.read_paused = paused
+        # Past its close, uvicorn reads on until the peer's reply: never pause then.
+        if not paused and len(queue._items) >= READ_WINDOW and not protocol.close_sent:
+            protocol.read_paused = True
+            transport.pause_reading()
+
+    async def receive() -> dict[str, Any]:
+        message = await queue.get()
+        if protocol.read_paused and not queue._items:
+            protocol.read_paused = False
+            transport.resume_reading()
+        return message
+
+    protocol.send_receive_event_to_app = queue_frame
+    return receive

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from broadcaster._backends.base import BroadcastBackend
+from broadcaster._backends.memory import MemoryBackend
 
 log = logging.getLogger("realtime.bus")
 
@@ -92,6 +93,11 @@ class Hub:
         # share one Redis but not one store never hear each other.
         self.prefix = prefix
         self.topics: dict[str, Topic] = {}
+        # With the in-process broker, publishing is delivering: an event is fanned
+        # out in the publisher's stack, unless events are still queued before it
+        # or it is ahead of one not yet published (then the listener orders them).
+        self._inline = isinstance(backend, MemoryBackend)
+        self._queued = 0
         self._listener: asyncio.Task[None] | None = None
         self._unsent: deque[tuple[str, Delivery]] = deque()
         self._republisher: asyncio.Task[None] | None = None
@@ -169,7 +175,12 @@ class Hub:
         publishing connection gives the listeners no gap). Receivers drop the
         copies they already have by seq. Ephemeral events (typing) are dropped.
         """
-        if self._unsent:
+        if self._inline:
+            if not self._queued and self._in_order(name, delivery):
+                self._deliver_inline(name, delivery)
+                return
+            self._queued += 1
+        elif self._unsent:
             if delivery.seq:
                 self._keep(name, delivery)
             return
@@ -182,6 +193,20 @@ class Hub:
             log.warning("publish to %s failed: %r", name, exc)
             if delivery.seq:
                 self._keep(name, delivery)
+
+    def _in_order(self, name: str, d: Delivery) -> bool:
+        topic = self.topics.get(name)
+        return not d.seq or topic is None or topic.last_seq is None or d.seq <= topic.last_seq + 1
+
+    def _deliver_inline(self, name: str, d: Delivery) -> None:
+        topic = self.topics.get(name)
+        if topic is None or not topic.subscribed:
+            return
+        if d.seq and topic.last_seq is not None:
+            if d.seq <= topic.last_seq:
+                return
+            topic.last_seq = d.seq
+        self._fan_out(topic, d)
 
     def _keep(self, name: str, delivery: Delivery) -> None:
         if len(self._unsent) >= MAX_UNSENT:
@@ -222,6 +247,9 @@ class Hub:
                     await self._receive(topic, unpack(event.message))
             except Exception:
                 log.exception("hub failed to deliver on %s", event.channel)
+            finally:
+                if self._inline:
+                    self._queued -= 1
 
     async def _receive(self, topic: Topic, d: Delivery) -> None:
         if d.seq and topic.last_seq is not None:

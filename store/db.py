@@ -58,6 +58,12 @@ def new_id() -> str:
     return secrets.token_hex(12)
 
 
+def new_ids(count: int) -> list[str]:
+    """`count` ids from one read of the system's random source."""
+    text = secrets.token_hex(12 * count)
+    return [text[i : i + 24] for i in range(0, 24 * count, 24)]
+
+
 class Runner(Protocol):
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...

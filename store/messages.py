@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from store import streams
-from store.db import Db, Row, Runner, new_id, utc_now
+from store.db import Db, Row, Runner, new_ids, utc_now
 from store.errors import Forbidden, NotFound
 
 COLUMNS = (
@@ -89,15 +89,17 @@ class PostMessages:
                 counts[stream] = counts.get(stream, 0) + 1
             seqs = await streams.advance(tx, counts)
             rows, events = [], []
-            for index in fresh:
+            # One clock reading and one draw of ids for the whole commit.
+            now, ids = utc_now(), new_ids(len(fresh))
+            for index, id_ in zip(fresh, ids, strict=True):
                 item = items[index]
                 stream = streams.chat_stream(item.room_id)
                 seqs[stream] += 1
                 seq = seqs[stream]
                 row = (
-                    new_id(), seq, item.room_id, item.sender["id"], item.sender["name"],
+                    id_, seq, item.room_id, item.sender["id"], item.sender["name"],
                     item.sender.get("profile_image"), item.content, item.message_type, item.file_url,
-                    item.file_name, item.client_msg_id, utc_now(),
+                    item.file_name, item.client_msg_id, now,
                 )  # fmt: skip
                 record = to_record(row, False)
                 text = streams.frame("chat_message", seq, {"message": record})
