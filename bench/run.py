@@ -36,7 +36,9 @@ OUT = BENCH / "out"
 SERVICE_KEY = "bench-service-key"
 REDIS_URL = "redis://127.0.0.1:6379/15"
 SERVER_CORE, LOAD_CORE = 0, 1
-UVICORN_FLAGS = ["--host", "127.0.0.1", "--ws", "websockets-sansio", "--ws-max-size", "262144"]
+# Every server on the standard asyncio loop, as requirements.txt installs it
+# (uvicorn would pick uvloop on its own where the load's uvloop is installed).
+UVICORN_FLAGS = ["--host", "127.0.0.1", "--loop", "asyncio", "--ws", "websockets-sansio", "--ws-max-size", "262144"]
 UVICORN_FLAGS += ["--log-level", "warning"]
 # The project's per-socket frame limit (20/s) is an abuse guard; the scenarios
 # measure capacity, so it is raised for them (`--server-env` puts it back).

@@ -61,6 +61,10 @@ class ChatPresence:
         self.lock = asyncio.Lock()
         self.heartbeat: asyncio.Task[None] | None = None
         self.members: dict[str, tuple[float, list[int]]] = {}
+        # How often a user's first socket on a room opened or last one closed
+        # (anywhere here), and per room the away list last worked out.
+        self.changes = 0
+        self.away_cache: dict[str, tuple[int, list[int], list[int]]] = {}
 
     @classmethod
     def for_settings(cls, settings: Settings) -> ChatPresence:
@@ -75,6 +79,8 @@ class ChatPresence:
         key = (room_id, socket.user_id)
         self.entered[socket] = key
         self.counts[key] = self.counts.get(key, 0) + 1
+        if self.counts[key] == 1:
+            self.changes += 1
         if self.redis is None:
             return
         if self.heartbeat is None:
@@ -91,6 +97,7 @@ class ChatPresence:
             self.counts[key] = count
             return
         self.counts.pop(key, None)
+        self.changes += 1
         if self.redis is not None:
             await self._sync(key)
 
@@ -100,8 +107,15 @@ class ChatPresence:
         cached = self.members.get(room_id)
         if cached is None or cached[0] < time.monotonic():
             return None
-        counts = self.counts
-        away = [m for m in cached[1] if m != sender_id and (room_id, m) not in counts]
+        # Worked out again only when somebody came or went, or the member list
+        # was read again: a busy room does not scan its members per message.
+        change = self.changes
+        known = self.away_cache.get(room_id)
+        if known is None or known[0] != change or known[1] is not cached[1]:
+            counts = self.counts
+            known = (change, cached[1], [m for m in cached[1] if (room_id, m) not in counts])
+            self.away_cache[room_id] = known
+        away = [m for m in known[2] if m != sender_id]
         if away and self.redis is not None:
             return None  # they may have a socket on another process
         return away
@@ -113,6 +127,7 @@ class ChatPresence:
         if cached is None or cached[0] < now:
             if len(self.members) >= MEMBERS_CACHED:
                 self.members.clear()
+                self.away_cache.clear()
             cached = (now + MEMBERS_TTL, await rooms.member_ids(db, room_id))
             self.members[room_id] = cached
         others = [m for m in cached[1] if m != sender_id]

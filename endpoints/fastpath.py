@@ -32,6 +32,8 @@ RAW_SEND = "realtime.raw_send"
 # after every frame and resumes on every receive: two epoll changes per frame.
 READ_WINDOW = 4
 
+OPEN = State.OPEN  # an enum member read through its class costs a lookup per write
+
 DirectWrite = Callable[[bytes], bool]
 
 
@@ -69,19 +71,12 @@ class _LastFrame:
     wire: bytes = b""
 
 
-def framed(data: bytes) -> bytes:
-    if data is not _LastFrame.data:
-        _LastFrame.wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
-        _LastFrame.data = data
-    return _LastFrame.wire
-
-
 def direct_writer(send: Any) -> DirectWrite | None:
     protocol = getattr(send, "__self__", None)
     if type(protocol).__name__ != "WebSocketsSansIOProtocol":
         return None
     try:
-        conn, transport, writable = protocol.conn, protocol.transport, protocol.writable
+        conn, transport = protocol.conn, protocol.transport
         if not protocol.handshake_complete:
             return None
     except AttributeError:
@@ -91,19 +86,19 @@ def direct_writer(send: Any) -> DirectWrite | None:
     plain = not conn.extensions
 
     def write(data: bytes) -> bool:
-        # The same conditions under which uvicorn's `send` writes at once.
-        if (
-            not writable.is_set()
-            or protocol.close_sent
-            or protocol.disconnected
-            or protocol.initial_response is not None
-            or transport.is_closing()
-        ):
+        # When uvicorn's `send` would write at once: the transport takes more
+        # (`writable`), the connection is open (not after a close was sent or
+        # failed), and the transport is not closing (nor lost). Read per call:
+        # uvicorn's `writable` is swapped by `adopt`.
+        if not protocol.writable.is_set() or conn.state is not OPEN or transport.is_closing():
             return False
-        if plain and conn.state is State.OPEN:
-            transport.write(framed(data))
+        if plain:
+            if data is not _LastFrame.data:
+                _LastFrame.wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+                _LastFrame.data = data
+            transport.write(_LastFrame.wire)
         else:
-            # Compressed (per connection), or not plainly open: let websockets frame it.
+            # Compressed per connection: websockets frames it.
             conn.send_text(data)
             transport.write(b"".join(conn.data_to_send()))
         return True
