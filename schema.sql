@@ -54,9 +54,12 @@ CREATE TABLE IF NOT EXISTS messages (
 
 CREATE INDEX IF NOT EXISTS messages_room_seq ON messages (room_id, seq);
 
--- NULL client_msg_ids never collide, on both databases.
-CREATE UNIQUE INDEX IF NOT EXISTS messages_client_msg_id
-    ON messages (room_id, sender_id, client_msg_id);
+-- A retry's key: only messages that carry a client_msg_id are indexed (NULLs
+-- never collide anyway, and most clients send none: an index entry on a
+-- random page for every message is a page more for every group commit).
+DROP INDEX IF EXISTS messages_client_msg_id;
+CREATE UNIQUE INDEX IF NOT EXISTS messages_client_msg_key
+    ON messages (room_id, sender_id, client_msg_id) WHERE client_msg_id IS NOT NULL;
 
 CREATE TABLE IF NOT EXISTS message_reads (
     message_id TEXT NOT NULL,

@@ -52,6 +52,13 @@ QUICK: dict[str, dict[str, Any]] = {
 }
 
 
+BATCH_METRICS = (
+    "realtime_store_write_batch_size_count",
+    "realtime_store_write_batch_size_sum",
+    "realtime_store_write_batch_seconds_sum",
+)
+
+
 @dataclass
 class Target:
     ws: str
@@ -91,8 +98,8 @@ class Target:
         with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30) as conn:
             return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
 
-    async def store_batches(self) -> tuple[float, float] | None:
-        """Group commits so far, from the server's /metrics: (transactions, jobs)."""
+    async def store_batches(self) -> tuple[float, float, float] | None:
+        """Group commits so far, from the server's /metrics: (transactions, jobs, seconds)."""
         if self.api is None:
             return None
         async with httpx.AsyncClient(base_url=self.api, timeout=10) as client:
@@ -100,11 +107,11 @@ class Target:
         found = {}
         for line in text.splitlines():
             name, _, value = line.partition(" ")
-            if name in ("realtime_store_write_batch_size_count", "realtime_store_write_batch_size_sum"):
+            if name in BATCH_METRICS:
                 found[name] = float(value)
-        if len(found) < 2:
+        if len(found) < len(BATCH_METRICS):
             return None
-        return found["realtime_store_write_batch_size_count"], found["realtime_store_write_batch_size_sum"]
+        return tuple(found[name] for name in BATCH_METRICS)  # type: ignore[return-value]
 
     async def settle(self, baseline_fds: int, timeout: float = 15.0) -> None:
         """Wait until the server has let go of the sockets the load closed."""
@@ -341,11 +348,12 @@ async def ingest(t: Target, rooms: int, seconds: float, warmup: float) -> dict[s
     stored_total = await asyncio.to_thread(t.stored)
     codes = close_codes(users)
     await close_members(users)
-    stored_rate = batch_mean = None
+    stored_rate = batch_mean = commit_share = None
     if stored_before is not None and stored_after is not None:
         stored_rate = round((stored_after - stored_before) / window)
     if batches_before and batches_after and batches_after[0] > batches_before[0]:
         batch_mean = round((batches_after[1] - batches_before[1]) / (batches_after[0] - batches_before[0]), 1)
+        commit_share = round((batches_after[2] - batches_before[2]) / window, 2)
     return {
         "rooms": rooms,
         "connected": connected(users),
@@ -357,6 +365,7 @@ async def ingest(t: Target, rooms: int, seconds: float, warmup: float) -> dict[s
         "echoes_per_s": round(echoes / window),
         "stored_per_s": stored_rate,
         "commit_batch_mean": batch_mean,
+        "commit_share": commit_share,  # of the wall time, a group commit was running
         "sent": sent,
         "stored_total": stored_total,
         "lost_in_flight": in_flight,

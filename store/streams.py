@@ -48,17 +48,15 @@ async def next_seq(tx: Runner, stream: str) -> int:
 async def advance(tx: Runner, counts: dict[str, int]) -> dict[str, int]:
     """Reserve `count` seqs on each stream at once; returns each stream's last seq before.
 
-    Every statement runs once over all the streams (`executemany`), in sorted
-    order, so two writers lock the same rows in the same order on PostgreSQL
-    (no deadlock); the row-creating insert waits for a concurrent creator.
+    One upsert over all the streams (`executemany`), in sorted order, so two
+    writers lock the same rows in the same order on PostgreSQL (no deadlock);
+    a concurrent creator of the same row makes the other one update it.
     """
     names = sorted(counts)
     await tx.executemany(
-        "INSERT INTO streams (stream, last_seq) VALUES (?, 0) ON CONFLICT (stream) DO NOTHING",
-        [(name,) for name in names],
-    )
-    await tx.executemany(
-        "UPDATE streams SET last_seq = last_seq + ? WHERE stream = ?", [(counts[name], name) for name in names]
+        "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
+        "ON CONFLICT (stream) DO UPDATE SET last_seq = streams.last_seq + excluded.last_seq",
+        [(name, counts[name]) for name in names],
     )
     after: dict[str, int] = {}
     for start in range(0, len(names), READ_CHUNK):
