@@ -58,6 +58,22 @@ def _text(value: bytes | str) -> str:
     return str(value)
 
 
+# Publishes sent in one pipeline at most (a round trip's worth under load).
+PUBLISH_BATCH = 1000
+
+Outgoing = tuple[str, Any, "asyncio.Future[None]"]
+
+
+def _settle(batch: list[Outgoing], error: BaseException | None) -> None:
+    for _, _, done in batch:
+        if done.done():
+            continue
+        if error is None:
+            done.set_result(None)
+        else:
+            done.set_exception(error)
+
+
 class RedisBackend(BroadcastBackend):
     """``BroadcastBackend`` over Redis pub/sub that survives connection loss.
 
@@ -106,6 +122,10 @@ class RedisBackend(BroadcastBackend):
             health_check_interval=0,
         )
         self._sub_client: Redis = Redis(connection_pool=sub_pool)
+
+        # Publishes waiting for the publisher task, and that task.
+        self._outbox: list[Outgoing] = []
+        self._publisher: asyncio.Task[None] | None = None
 
         # Unbounded on purpose: the hub drains it from one task that does
         # nothing else, and dropping events here would be a silent gap.
@@ -173,6 +193,12 @@ class RedisBackend(BroadcastBackend):
                 logger.error("Redis listener had failed", exc_info=task.exception())
         pubsub, self._pubsub = self._pubsub, None
         self._release_waiters()
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            publisher.cancel()
+            await asyncio.wait([publisher])
+        outbox, self._outbox = self._outbox, []
+        _settle(outbox, BrokerUnavailable(f"Redis at {self._where}: backend closed"))
         if pubsub is not None:
             await self._close_quietly(pubsub)
         await self._sub_client.aclose(close_connection_pool=True)
@@ -243,14 +269,39 @@ class RedisBackend(BroadcastBackend):
     async def publish(self, channel: str, message: Any) -> None:
         """Publish ``message`` (normally a str) to ``channel``.
 
+        Publishes queue up and go out in order, whatever is queued in one
+        pipeline on one connection: a PUBLISH per connection from the pool
+        ran out of connections with 500 concurrent senders (redis-py raises
+        "Too many connections" rather than wait) and could reorder them.
+
         Raises ``BrokerUnavailable`` instead of waiting when Redis is down.
         """
         if self._pubsub is None:
             raise BrokerUnavailable(f"Redis at {self._where} is unreachable (reconnecting)")
-        try:
-            await self._client.publish(channel, message)
-        except _LINK_ERRORS as exc:
-            raise BrokerUnavailable(f"Redis at {self._where} is unreachable: {exc}") from exc
+        done = asyncio.get_running_loop().create_future()
+        self._outbox.append((channel, message, done))
+        if self._publisher is None or self._publisher.done():
+            self._publisher = asyncio.create_task(self._flush(), name=f"redis-backend-publisher {self._where}")
+        await done
+
+    async def _flush(self) -> None:
+        while self._outbox:
+            batch = self._outbox[:PUBLISH_BATCH]
+            del self._outbox[:PUBLISH_BATCH]
+            error: BaseException | None = None
+            try:
+                pipe = self._client.pipeline(transaction=False)
+                for channel, message, _ in batch:
+                    pipe.publish(channel, message)
+                await pipe.execute()
+            except _LINK_ERRORS as exc:
+                error = BrokerUnavailable(f"Redis at {self._where} is unreachable: {exc}")
+            except asyncio.CancelledError:
+                _settle(batch, BrokerUnavailable(f"Redis at {self._where}: backend closed"))
+                raise
+            except Exception as exc:  # noqa: BLE001 - the publishers get it, not this task
+                error = exc
+            _settle(batch, error)
 
     async def next_published(self) -> Event:
         """Next message from a subscribed channel, or ``Event(GAP, "")``."""

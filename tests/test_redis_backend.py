@@ -204,6 +204,19 @@ async def test_publish_receive_round_trip(backend: RedisBackend) -> None:
 
 
 @pytest.mark.anyio
+async def test_many_concurrent_publishes_all_arrive_in_order(backend: RedisBackend) -> None:
+    """More publishers at once than redis-py's pool has connections (100):
+    every publish succeeds, and they arrive in the order they were made."""
+    channel = unique()
+    await backend.subscribe(channel)
+    await asyncio.gather(*(backend.publish(channel, str(i)) for i in range(2_500)))
+
+    received = [(await next_event(backend)).message for _ in range(2_500)]
+
+    assert received == [str(i) for i in range(2_500)]
+
+
+@pytest.mark.anyio
 async def test_message_from_other_publisher_is_decoded(backend: RedisBackend, admin: Redis) -> None:
     channel = unique()
     await backend.subscribe(channel)
