@@ -21,9 +21,11 @@ pytestmark = pytest.mark.anyio
 TEXT, BINARY, CONT, CLOSE, PING, PONG = 0x1, 0x2, 0x0, 0x8, 0x9, 0xA
 
 
-@pytest.fixture
-async def srv(tmp_path: Path) -> AsyncIterator[Server]:
-    async with running(base_settings(tmp_path)) as server:
+@pytest.fixture(params=["websockets-sansio", "websockets"])
+async def srv(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Server]:
+    """uvicorn's sans-I/O protocol, whose receiving side the endpoints take
+    over, and its legacy one, where they do not: the same answers."""
+    async with running(base_settings(tmp_path), ws_impl=request.param) as server:
         await server.room("r1", [1, 2])
         yield server
 
