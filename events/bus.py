@@ -176,8 +176,7 @@ class Hub:
         copies they already have by seq. Ephemeral events (typing) are dropped.
         """
         if self._inline:
-            if not self._queued and self._in_order(name, delivery):
-                self._deliver_inline(name, delivery)
+            if not self._queued and self._delivered_inline(name, delivery):
                 return
             self._queued += 1
         elif self._unsent:
@@ -194,19 +193,22 @@ class Hub:
             if delivery.seq:
                 self._keep(name, delivery)
 
-    def _in_order(self, name: str, d: Delivery) -> bool:
-        topic = self.topics.get(name)
-        return not d.seq or topic is None or topic.last_seq is None or d.seq <= topic.last_seq + 1
-
-    def _deliver_inline(self, name: str, d: Delivery) -> None:
+    def _delivered_inline(self, name: str, d: Delivery) -> bool:
+        """Fan an event out now, unless it is ahead of one not yet published
+        (False: the listener puts it in order, refilling from the store)."""
         topic = self.topics.get(name)
         if topic is None or not topic.subscribed:
-            return
+            # Nobody here follows it (a topic gets its last_seq and its
+            # subscription together, with no await between them).
+            return True
         if d.seq and topic.last_seq is not None:
             if d.seq <= topic.last_seq:
-                return
+                return True  # already delivered
+            if d.seq > topic.last_seq + 1:
+                return False
             topic.last_seq = d.seq
         self._fan_out(topic, d)
+        return True
 
     def _keep(self, name: str, delivery: Delivery) -> None:
         if len(self._unsent) >= MAX_UNSENT:
