@@ -199,6 +199,16 @@ class Client:
         await self.conn.close()
 
 
+async def next_of(client: Client, type_: str, timeout: float = 5.0) -> dict[str, Any]:
+    """The next frame of `type_` on a consultation socket, skipping the periodic `consultation_status`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        frame = await client.recv(max(0.01, deadline - time.monotonic()))
+        if frame["type"] == type_:
+            return frame
+        assert frame["type"] == "consultation_status", frame
+
+
 @contextlib.asynccontextmanager
 async def ws(url: str, **kwargs: Any) -> AsyncIterator[Client]:
     async with connect(url, open_timeout=5, close_timeout=2, **kwargs) as conn:

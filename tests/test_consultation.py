@@ -15,7 +15,7 @@ import pytest
 
 from endpoints.agora import PRIVILEGE_JOIN_CHANNEL, PRIVILEGE_PUBLISH_AUDIO_STREAM, parse_token
 from store import consultations
-from tests.conftest import SERVICE_KEY, Client, Server, base_settings, running, token, ws
+from tests.conftest import SERVICE_KEY, Client, Server, base_settings, next_of, running, token, ws
 
 EXPERT, CLIENT, STRANGER = 1, 2, 3
 APP_ID = "970CA35de60c44645bbae8a215061b33"
@@ -65,16 +65,6 @@ def room(server: Server, user_id: int, cid: str = "c1") -> contextlib.AbstractAs
 
 async def status_of(client: Client) -> dict[str, Any]:
     return (await client.expect("consultation_status"))["status_data"]
-
-
-async def next_of(client: Client, type_: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The next frame of `type_`, skipping periodic `consultation_status` frames."""
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = await client.recv(max(0.01, deadline - time.monotonic()))
-        if frame["type"] == type_:
-            return frame
-        assert frame["type"] == "consultation_status", frame
 
 
 async def both_in(server: Server, cid: str = "c1") -> tuple[contextlib.AsyncExitStack, Client, Client]:

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from events.presence import MemoryPresence, Presence, RedisPresence, namespace
 from settings import Settings
 from store.consultations import iso
-from tests.conftest import Client, token, ws
+from tests.conftest import Client, next_of, token, ws
 from tests.procs import REDIS_URL, Proc, fresh_postgres, require, servers
 
 EXPERT, CLIENT = 1, 2
@@ -49,16 +49,6 @@ async def book(proc: Proc, start: bool = False) -> str:
 
 def room(proc: Proc, user_id: int, cid: str) -> contextlib.AbstractAsyncContextManager[Client]:
     return ws(proc.ws_url(f"/ws/consultation/{cid}/", token=token(user_id, name=f"user{user_id}")))
-
-
-async def next_of(client: Client, type_: str, timeout: float = 5.0) -> dict[str, Any]:
-    """The next frame of `type_`, skipping the periodic `consultation_status`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        frame = await client.recv(max(0.01, deadline - time.monotonic()))
-        if frame["type"] == type_:
-            return frame
-        assert frame["type"] == "consultation_status", frame
 
 
 async def count_status(client: Client, seconds: float) -> int:
