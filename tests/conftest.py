@@ -215,6 +215,16 @@ async def ws(url: str, **kwargs: Any) -> AsyncIterator[Client]:
         yield Client(conn)
 
 
+def slow_chat(server: Server, room_id: str, user_id: int) -> contextlib.AbstractAsyncContextManager[Client]:
+    """A chat client that stops reading: its library buffers one message, its
+    kernel buffer is small, so the server's transport soon stops draining."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", server.port))
+    url = server.ws_url(f"/ws/chat/{room_id}/", token=token(user_id))
+    return ws(url, max_queue=1, sock=sock, compression=None)
+
+
 def chat(server: Server, room_id: str, user_id: int, **query: Any) -> contextlib.AbstractAsyncContextManager[Client]:
     query.setdefault("token", token(user_id, name=f"user{user_id}"))
     return ws(server.ws_url(f"/ws/chat/{room_id}/", **query))

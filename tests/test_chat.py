@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
 
@@ -236,18 +235,12 @@ async def test_ping_pong(server: Server) -> None:
 
 
 async def test_slow_reader_is_cut_off_while_others_keep_receiving(tmp_path) -> None:
-    from tests.conftest import base_settings, running
+    from tests.conftest import base_settings, running, slow_chat
 
     async with running(base_settings(tmp_path, outbound_queue=8, rate_limit=10_000, rate_burst=10_000)) as srv:
         await srv.room("r1", [1, 2, 3])
-        # A client that stops reading: its library buffers little, its kernel
-        # buffer is small, so the server's transport soon stops draining.
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", srv.port))
-        slow_url = srv.ws_url("/ws/chat/r1/", token=token(3))
         async with (
-            ws(slow_url, max_queue=1, sock=sock, compression=None) as slow,
+            slow_chat(srv, "r1", 3) as slow,
             chat(srv, "r1", 1) as a,
             chat(srv, "r1", 2) as b,
         ):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
@@ -16,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from endpoints.metrics import frame_type
-from tests.conftest import Client, Server, base_settings, chat, running, token, ws
+from tests.conftest import Client, Server, base_settings, chat, running, slow_chat, token, ws
 from tests.procs import REDIS_URL, require
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -149,11 +148,8 @@ async def test_a_slow_consumer_cut_off_counts_once_with_its_dropped_frames(tmp_p
     async with running(settings) as srv:
         await srv.room("r1", [1, 2])
         before = await scrape(srv)
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", srv.port))
         async with (
-            ws(srv.ws_url("/ws/chat/r1/", token=token(2)), max_queue=1, sock=sock, compression=None) as slow,
+            slow_chat(srv, "r1", 2) as slow,
             chat(srv, "r1", 1) as a,
         ):
             await slow.expect("message_history")
