@@ -133,7 +133,7 @@ class FrameQueue:
     def empty(self) -> bool:
         return not self._items
 
-    def qsize(self) -> int:
+    def __len__(self) -> int:
         return len(self._items)
 
     async def get(self) -> dict[str, Any]:
@@ -214,13 +214,13 @@ def adopt(send: Any) -> Receive | None:
         finally:
             protocol.read_paused = paused
         # Past its close, uvicorn reads on until the peer's reply: never pause then.
-        if not paused and len(queue._items) >= READ_WINDOW and not protocol.close_sent:
+        if not paused and len(queue) >= READ_WINDOW and not protocol.close_sent:
             protocol.read_paused = True
             transport.pause_reading()
 
     async def receive() -> dict[str, Any]:
         message = await queue.get()
-        if protocol.read_paused and not queue._items:
+        if protocol.read_paused and queue.empty():
             protocol.read_paused = False
             transport.resume_reading()
         return message
