@@ -174,9 +174,12 @@ def _app_from_env() -> Starlette:
     try:
         return create_app(from_env())
     except SettingsError as exc:
-        # One clear line and a non-zero exit, not a traceback.
+        # One clear line and a non-zero exit, not a traceback. uvicorn's start-up
+        # failure status: its supervisor (--workers) then stops instead of restarting us.
+        from uvicorn.config import STARTUP_FAILURE
+
         print(f"realtime: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def __getattr__(name: str) -> Any:
