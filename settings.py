@@ -85,7 +85,9 @@ class Settings:
             )
         for alg in self.jwt_algorithms:
             if alg.lower() == "none" or alg not in SYMMETRIC + ASYMMETRIC:
-                raise SettingsError(f"JWT_ALGORITHMS: {alg!r} is not an accepted algorithm")
+                raise SettingsError(
+                    f"JWT_ALGORITHMS: {alg!r} is not an accepted algorithm ({', '.join(SYMMETRIC + ASYMMETRIC)})"
+                )
         if self.jwt_public_key and any(alg in SYMMETRIC for alg in self.jwt_algorithms):
             raise SettingsError("JWT_ALGORITHMS: a public key goes with RS*/ES*/PS*/EdDSA, not HS*")
         if not self.jwt_public_key and any(alg in ASYMMETRIC for alg in self.jwt_algorithms):

@@ -152,19 +152,22 @@ def cookie_origin_allowed(origin: str | None, host: str | None, allowed: tuple[s
     origin = origin.strip().lower()
     if origin in allowed:
         return True
-    return host is not None and _host_port(origin) == host.strip().lower()
-
-
-def _host_port(origin: str) -> str | None:
-    """`scheme://host[:port]` -> `host[:port]`, the default port left out as browsers leave it out of Host."""
+    if host is None:
+        return False
     try:
         parts = urlsplit(origin)
         port = parts.port
     except ValueError:
-        return None
+        return False
     if parts.scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc or parts.path not in ("", "/"):
-        return None
-    host = parts.netloc
-    if port is not None and port == DEFAULT_PORTS[parts.scheme]:
-        host = host.rsplit(":", 1)[0]
-    return host
+        return False
+    default = DEFAULT_PORTS[parts.scheme]
+    return _without_port(parts.netloc, port, default) == _without_port(host.strip().lower(), None, default)
+
+
+def _without_port(netloc: str, port: int | None, default: int) -> str:
+    """`host[:port]` with the scheme's default port left out, as browsers leave it out."""
+    suffix = f":{default}"
+    if (port is None or port == default) and netloc.endswith(suffix):
+        return netloc[: -len(suffix)]
+    return netloc
