@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import jwt
+
 # Dev mode signs tokens with this when no JWT_SECRET is set: anyone can mint
 # tokens with it, which is the point of dev mode and why it is never the default.
 DEV_SECRET = "dev-mode-insecure-secret-do-not-deploy"
@@ -246,6 +248,8 @@ def normalized_origin(origin: str) -> str:
 
 def origin_problem(origin: str) -> str | None:
     """Why `origin` is not a `scheme://host[:port]` origin, or None."""
+    if "://" not in origin:
+        return "has no scheme: write scheme://host[:port], e.g. https://app.example.com"
     try:
         parsed = urlparse(origin.strip().lower())
         parsed.port  # noqa: B018 - raises on a port that is not a number
@@ -264,8 +268,6 @@ def origin_problem(origin: str) -> str | None:
 
 def _check_public_key(key: str, algorithms: tuple[str, ...]) -> None:
     """Load JWT_PUBLIC_KEY for every configured algorithm now, not at the first token."""
-    import jwt
-
     if "PRIVATE KEY" in key:
         raise SettingsError("JWT_PUBLIC_KEY: this is a private key; give the server only the public key")
     for name in algorithms:
