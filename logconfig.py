@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 
@@ -59,6 +60,17 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def formatter_from_env() -> logging.Formatter:
+    """For `--log-config logging.json`: the format LOG_FORMAT names, for uvicorn's
+    supervisor too, which logs before any worker has read the settings."""
+    if os.environ.get("LOG_FORMAT", "").strip().lower() == "json":
+        return JsonFormatter()
+    return logging.Formatter(TEXT_FORMAT)
+
+
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     """The handler `configure` installs; the next call replaces it."""
 
@@ -69,7 +81,7 @@ def configure(level: str, fmt: str) -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     # On the root logger: the libraries' records (the Redis backend, asyncio)
     # come out in the same format as ours, at WARNING and above.
     root = logging.getLogger()

@@ -114,7 +114,13 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             )
         hub = Hub(broker(settings.broker_url), StreamLog(db), presence.namespace(settings))
         await hub.start()
-        verifier = TokenVerifier(settings.jwt_key, list(settings.jwt_algorithms))
+        verifier = TokenVerifier(
+            settings.jwt_key,
+            list(settings.jwt_algorithms),
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            max_lifetime=settings.jwt_max_lifetime,
+        )
         runtime = Runtime(
             settings,
             db,
@@ -129,9 +135,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         await control.listen(runtime)
         describe_agora(settings)
         if not settings.allowed_origins and not settings.dev_mode:
-            log.warning(
-                "ALLOWED_ORIGINS is not set: any web page can open sockets here, and with cookie "
-                "authentication act as its visitor (cross-site WebSocket hijacking); set it to your app's origins"
+            log.info(
+                "ALLOWED_ORIGINS is not set: the access_token cookie is taken only from this server's own "
+                "origin; a web app on another origin must be listed there to use it"
             )
         if settings.dev_mode:
             port = os.environ.get("PORT", "8000")
@@ -168,9 +174,12 @@ def _app_from_env() -> Starlette:
     try:
         return create_app(from_env())
     except SettingsError as exc:
-        # One clear line and a non-zero exit, not a traceback.
+        # One clear line and a non-zero exit, not a traceback. uvicorn's start-up
+        # failure status: its supervisor (--workers) then stops instead of restarting us.
+        from uvicorn.config import STARTUP_FAILURE
+
         print(f"realtime: configuration error: {exc}", file=sys.stderr)
-        raise SystemExit(2) from None
+        raise SystemExit(STARTUP_FAILURE) from None
 
 
 def __getattr__(name: str) -> Any:

@@ -12,10 +12,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+import jwt
+
 # Dev mode signs tokens with this when no JWT_SECRET is set: anyone can mint
 # tokens with it, which is the point of dev mode and why it is never the default.
 DEV_SECRET = "dev-mode-insecure-secret-do-not-deploy"
 STRONG_SECRET_LENGTH = 32
+DAY = 86_400
+MAX_RATE = 1_000_000
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 SYMMETRIC = ("HS256", "HS384", "HS512")
 
@@ -29,6 +35,9 @@ class Settings:
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
     jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_audience: tuple[str, ...] = ()
+    jwt_issuer: tuple[str, ...] = ()
+    jwt_max_lifetime: float = DAY
     database_url: str = "sqlite:///./realtime.db"
     broker_url: str = "memory://"
     service_key: str | None = None
@@ -78,7 +87,9 @@ class Settings:
             )
         for alg in self.jwt_algorithms:
             if alg.lower() == "none" or alg not in SYMMETRIC + ASYMMETRIC:
-                raise SettingsError(f"JWT_ALGORITHMS: {alg!r} is not an accepted algorithm")
+                raise SettingsError(
+                    f"JWT_ALGORITHMS: {alg!r} is not an accepted algorithm ({', '.join(SYMMETRIC + ASYMMETRIC)})"
+                )
         if self.jwt_public_key and any(alg in SYMMETRIC for alg in self.jwt_algorithms):
             raise SettingsError("JWT_ALGORITHMS: a public key goes with RS*/ES*/PS*/EdDSA, not HS*")
         if not self.jwt_public_key and any(alg in ASYMMETRIC for alg in self.jwt_algorithms):
@@ -89,6 +100,24 @@ class Settings:
             )
         if self.dev_mode and self.jwt_public_key:
             raise SettingsError("DEV_MODE=1 signs demo tokens with HS256: unset JWT_PUBLIC_KEY")
+        if (
+            not self.dev_mode
+            and not self.jwt_public_key
+            and self.jwt_secret
+            and len(self.jwt_secret.encode()) < STRONG_SECRET_LENGTH
+        ):
+            # A short HMAC secret can be brute-forced from any one token, which then mints them all.
+            raise SettingsError(
+                f"JWT_SECRET: must be at least {STRONG_SECRET_LENGTH} bytes long, "
+                f"got {len(self.jwt_secret.encode())} (e.g. `openssl rand -hex 32`)"
+            )
+        if self.jwt_public_key:
+            _check_public_key(self.jwt_public_key, self.jwt_algorithms)
+        for origin in self.allowed_origins:
+            if origin_problem(origin) is not None:
+                raise SettingsError(f"ALLOWED_ORIGINS: {origin!r} {origin_problem(origin)}")
+        if self.log_level not in LOG_LEVELS:
+            raise SettingsError(f"LOG_LEVEL: {self.log_level!r} is not one of {', '.join(LOG_LEVELS)}")
         scheme = urlparse(self.database_url).scheme
         if scheme not in ("sqlite", "postgresql", "postgres"):
             raise SettingsError(f"DATABASE_URL: unsupported scheme {scheme!r} (sqlite:/// or postgresql://)")
@@ -97,15 +126,13 @@ class Settings:
             raise SettingsError(f"BROKER_URL: unsupported scheme {broker!r} (memory:// or redis://)")
         if broker == "memory" and self.workers > 1:
             raise SettingsError(
-                "BROKER_URL=memory:// with more than one worker would split every room between "
-                "processes: set BROKER_URL=redis://... or run one worker"
+                f"BROKER_URL=memory:// serves 1 worker process, not {self.workers} (WEB_CONCURRENCY or --workers): "
+                "more would split every room between processes; set BROKER_URL=redis://... or run one worker"
             )
         if bool(self.agora_app_id) != bool(self.agora_app_certificate):
             raise SettingsError("AGORA_APP_ID and AGORA_APP_CERTIFICATE go together")
         if self.token_expiry not in ("ignore", "close"):
             raise SettingsError(f"TOKEN_EXPIRY: {self.token_expiry!r} is not ignore or close")
-        if self.rate_burst < 1:
-            raise SettingsError("RATE_BURST: must be at least 1")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
         return self
@@ -119,28 +146,31 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         jwt_secret=reader.str("JWT_SECRET"),
         jwt_public_key=reader.str("JWT_PUBLIC_KEY"),
         jwt_algorithms=algorithms,
+        jwt_audience=reader.csv("JWT_AUDIENCE"),
+        jwt_issuer=reader.csv("JWT_ISSUER"),
+        jwt_max_lifetime=reader.float("JWT_MAX_LIFETIME", Settings.jwt_max_lifetime, maximum=366 * DAY),
         database_url=reader.str("DATABASE_URL") or Settings.database_url,
         broker_url=reader.str("BROKER_URL") or Settings.broker_url,
         service_key=reader.str("SERVICE_KEY"),
-        allowed_origins=reader.csv("ALLOWED_ORIGINS"),
+        allowed_origins=tuple(normalized_origin(origin) for origin in reader.csv("ALLOWED_ORIGINS")),
         agora_app_id=reader.str("AGORA_APP_ID"),
         agora_app_certificate=reader.str("AGORA_APP_CERTIFICATE"),
         dev_mode=reader.flag("DEV_MODE"),
         upload_dir=Path(reader.str("UPLOAD_DIR") or Settings.upload_dir),
-        max_upload_bytes=reader.int("MAX_UPLOAD_BYTES", Settings.max_upload_bytes, 1),
-        max_frame_bytes=reader.int("MAX_FRAME_BYTES", Settings.max_frame_bytes, 256),
-        outbound_queue=reader.int("OUTBOUND_QUEUE", Settings.outbound_queue, 1),
+        max_upload_bytes=reader.int("MAX_UPLOAD_BYTES", Settings.max_upload_bytes, 1, 2**32, "bytes"),
+        max_frame_bytes=reader.int("MAX_FRAME_BYTES", Settings.max_frame_bytes, 256, 2**24, "bytes"),
+        outbound_queue=reader.int("OUTBOUND_QUEUE", Settings.outbound_queue, 1, 10**6, "frames"),
         auth_timeout=reader.float("AUTH_TIMEOUT", Settings.auth_timeout),
         typing_timeout=reader.float("TYPING_TIMEOUT", Settings.typing_timeout),
-        history_limit=reader.int("HISTORY_LIMIT", Settings.history_limit, 1),
-        replay_limit=reader.int("REPLAY_LIMIT", Settings.replay_limit, 1),
+        history_limit=reader.int("HISTORY_LIMIT", Settings.history_limit, 1, 10_000, "messages"),
+        replay_limit=reader.int("REPLAY_LIMIT", Settings.replay_limit, 1, 10**7, "events"),
         status_interval=reader.float("STATUS_INTERVAL", Settings.status_interval),
         presence_timeout=reader.float("PRESENCE_TIMEOUT", Settings.presence_timeout),
-        workers=reader.int("WEB_CONCURRENCY", 1, 1),
-        rate_limit=reader.float("RATE_LIMIT", Settings.rate_limit),
-        rate_burst=reader.float("RATE_BURST", Settings.rate_burst),
-        max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1),
-        max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1),
+        workers=reader.int("WEB_CONCURRENCY", 1, 1, 1024, "processes"),
+        rate_limit=reader.float("RATE_LIMIT", Settings.rate_limit, maximum=MAX_RATE, unit="frames per second"),
+        rate_burst=reader.float("RATE_BURST", Settings.rate_burst, minimum=1, maximum=MAX_RATE, unit="frames"),
+        max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1, 10**6, "sockets"),
+        max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1, 10**7, "sockets"),
         token_expiry=(reader.str("TOKEN_EXPIRY") or Settings.token_expiry).lower(),
         token_grace=reader.float("TOKEN_GRACE", Settings.token_grace),
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),
@@ -168,26 +198,89 @@ class _Reader:
             return True
         raise SettingsError(f"{name}: {value!r} is not a boolean (1/0, true/false)")
 
-    def int(self, name: str, default: int, minimum: int) -> int:
+    def int(self, name: str, default: int, minimum: int, maximum: int, unit: str) -> int:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
+        expected = f"an integer number of {unit} from {minimum} to {maximum}"
         try:
             value = int(raw)
         except ValueError:
-            raise SettingsError(f"{name}: {raw!r} is not an integer") from None
-        if value < minimum:
-            raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
+            raise SettingsError(f"{name}: {raw!r} is not {expected}") from None
+        if not minimum <= value <= maximum:
+            raise SettingsError(f"{name}: must be {expected}, got {value}")
         return value
 
-    def float(self, name: str, default: float) -> float:
+    def float(
+        self, name: str, default: float, *, minimum: float = 0, maximum: float = DAY, unit: str = "seconds"
+    ) -> float:
+        """A number in `unit`; a `minimum` of 0 excludes 0 itself (a timeout or rate of 0 is never meant)."""
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
+        lower = "above 0 up" if minimum == 0 else f"from {_plain(minimum)}"
+        expected = f"a number of {unit} {lower} to {_plain(maximum)}"
         try:
             value = float(raw)
         except ValueError:
-            raise SettingsError(f"{name}: {raw!r} is not a number") from None
-        if not 0 < value < 86_400:
-            raise SettingsError(f"{name}: must be a positive number of seconds, got {raw}")
+            raise SettingsError(f"{name}: {raw!r} is not {expected}") from None
+        low_ok = value > 0 if minimum == 0 else value >= minimum
+        # NaN fails both comparisons.
+        if not (low_ok and value <= maximum):
+            raise SettingsError(f"{name}: must be {expected}, got {raw}")
         return value
+
+
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def normalized_origin(origin: str) -> str:
+    """An origin as browsers send it: lower case, no default port, no trailing slash."""
+    text = origin.strip().lower().rstrip("/")
+    if origin_problem(text) is not None:
+        return text  # `checked` names what is wrong with it
+    parsed = urlparse(text)
+    if parsed.port is not None and parsed.port == DEFAULT_PORTS[parsed.scheme]:
+        return f"{parsed.scheme}://{parsed.netloc.rsplit(':', 1)[0]}"
+    return text
+
+
+def origin_problem(origin: str) -> str | None:
+    """Why `origin` is not a `scheme://host[:port]` origin, or None."""
+    if "://" not in origin:
+        return "has no scheme: write scheme://host[:port], e.g. https://app.example.com"
+    try:
+        parsed = urlparse(origin.strip().lower())
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return "has a bad port: write scheme://host[:port], e.g. https://app.example.com"
+    if not parsed.scheme or not parsed.netloc:
+        return "has no scheme: write scheme://host[:port], e.g. https://app.example.com"
+    if parsed.scheme not in DEFAULT_PORTS:
+        return f"has scheme {parsed.scheme!r}: browsers send http or https origins (scheme://host[:port])"
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment or parsed.params:
+        return "has a path: an origin is scheme://host[:port] only"
+    if "@" in parsed.netloc:
+        return "has user info: an origin is scheme://host[:port] only"
+    return None
+
+
+def _check_public_key(key: str, algorithms: tuple[str, ...]) -> None:
+    """Load JWT_PUBLIC_KEY for every configured algorithm now, not at the first token."""
+    if "PRIVATE KEY" in key:
+        raise SettingsError("JWT_PUBLIC_KEY: this is a private key; give the server only the public key")
+    for name in algorithms:
+        try:
+            algorithm = jwt.get_algorithm_by_name(name)
+        except NotImplementedError:
+            raise SettingsError(
+                f"JWT_ALGORITHMS: {name} needs the `cryptography` package (pip install -r requirements.txt)"
+            ) from None
+        try:
+            algorithm.prepare_key(key)
+        except (jwt.PyJWTError, ValueError, TypeError):
+            raise SettingsError(
+                f"JWT_PUBLIC_KEY: cannot be loaded as a {name} public key (expected PEM, "
+                f"-----BEGIN PUBLIC KEY-----, of the key type JWT_ALGORITHMS={','.join(algorithms)} names)"
+            ) from None

@@ -33,13 +33,19 @@ SETTINGS_END = "<!-- end of settings -->"
 # What each environment variable of `settings.from_env` means. A setting
 # missing here fails the check, so the table always lists every one.
 MEANINGS: dict[str, str] = {
-    "JWT_SECRET": "HS256 key the main backend signs its tokens with (required unless `JWT_PUBLIC_KEY` or dev mode)",
-    "JWT_PUBLIC_KEY": "PEM public key: verify RS*/ES*/PS*/EdDSA tokens instead",
+    "JWT_SECRET": "HS256 key the main backend signs its tokens with, at least 32 bytes "
+    "(required unless `JWT_PUBLIC_KEY` or dev mode)",
+    "JWT_PUBLIC_KEY": "PEM public key: verify RS*/ES*/PS*/EdDSA tokens instead (loaded at start-up)",
     "JWT_ALGORITHMS": "comma-separated accepted algorithms (`RS256` by default with `JWT_PUBLIC_KEY`)",
+    "JWT_AUDIENCE": "comma-separated audiences: a token's `aud` must name one; unset, a token with `aud` is refused",
+    "JWT_ISSUER": "comma-separated issuers: a token's `iss` must be one; unset, not checked",
+    "JWT_MAX_LIFETIME": "seconds: a token whose `exp` is further ahead (plus 60 s of clock skew) is refused",
     "DATABASE_URL": "`sqlite:///path` or `postgresql://…`",
     "BROKER_URL": "`memory://` (one process) or `redis://…` (any number of processes and hosts)",
     "SERVICE_KEY": "bearer key of the server API (`/api/…`); unset, the API answers 503",
-    "ALLOWED_ORIGINS": "comma-separated origins allowed to open sockets (1008 for others); unset, any",
+    "ALLOWED_ORIGINS": "comma-separated `scheme://host[:port]` origins that may use the `access_token` cookie; "
+    "set, other browser origins are refused (1008, 403) however they authenticate; unset, the cookie works "
+    "from the server's own origin only and tokens from any",
     "AGORA_APP_ID": "with `AGORA_APP_CERTIFICATE`: mint each consultation participant's Agora RTC token",
     "AGORA_APP_CERTIFICATE": "see `AGORA_APP_ID`",
     "DEV_MODE": "demo users, room and tokens; refuses a production-strength `JWT_SECRET`",
@@ -54,13 +60,13 @@ MEANINGS: dict[str, str] = {
     "STATUS_INTERVAL": "seconds between consultation ticks (status broadcast, time-up, presence sweep)",
     "PRESENCE_TIMEOUT": "seconds without `presence_update`/`ping` before a consultation participant leaves",
     "WEB_CONCURRENCY": "worker processes (uvicorn reads it too); more than 1 needs `BROKER_URL=redis://`",
-    "RATE_LIMIT": "frames a second per socket (twice that per user across sockets)",
-    "RATE_BURST": "frames a socket may send at once",
+    "RATE_LIMIT": "frames a second per socket (twice that per user across sockets), above 0 up to 1000000",
+    "RATE_BURST": "frames a socket may send at once, 1 to 1000000",
     "MAX_SOCKETS_PER_USER": "sockets one user may hold open in one process (1008 beyond)",
     "MAX_PENDING_AUTH": "sockets that may wait for their `auth` frame at once (1013 beyond)",
     "TOKEN_EXPIRY": "`ignore`, or `close`: an `exp` passing mid-connection sends `token_expiring`, then 4001",
     "TOKEN_GRACE": "seconds after `token_expiring` to send a fresh `auth`",
-    "LOG_LEVEL": "`debug`, `info`, `warning`, `error`",
+    "LOG_LEVEL": "`debug`, `info`, `warning`, `error`, `critical`",
     "LOG_FORMAT": "`text`, or `json` for one JSON object per line",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.

@@ -1,15 +1,22 @@
-"""JWT verification: pinned algorithms, `exp` required, `user_id` or `sub`."""
+"""JWT verification: pinned algorithms, access tokens only, a numeric `exp`
+within the maximum lifetime, `user_id` or `sub`; where a token may come from,
+and which origins may use the ambient one (the cookie)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from http.cookies import SimpleCookie
 from typing import Any
+from urllib.parse import urlsplit
 
 import jwt
 
 COOKIE = "access_token"
+# Clock skew between the token issuer and this server that `JWT_MAX_LIFETIME` tolerates.
+CLOCK_SKEW = 60
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class AuthError(Exception):
@@ -26,9 +33,22 @@ class Identity:
 
 
 class TokenVerifier:
-    def __init__(self, key: str, algorithms: list[str]) -> None:
+    def __init__(
+        self,
+        key: str,
+        algorithms: list[str],
+        *,
+        audience: tuple[str, ...] = (),
+        issuer: tuple[str, ...] = (),
+        max_lifetime: float = 86_400,
+    ) -> None:
         self._key = key
         self._algorithms = algorithms
+        # None, not (): PyJWT then refuses a token that carries `aud` at all,
+        # since such a token was meant for some other service.
+        self._audience = audience or None
+        self._issuer = issuer or None
+        self._max_lifetime = max_lifetime
 
     def verify(self, token: str) -> Identity:
         try:
@@ -36,11 +56,25 @@ class TokenVerifier:
                 token,
                 self._key,
                 algorithms=self._algorithms,
-                options={"require": ["exp"], "verify_sub": False, "verify_aud": False},
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp"], "verify_sub": False},
             )
         except jwt.PyJWTError as exc:
             raise AuthError(str(exc)) from None
+        self._check(claims)
         return identity_from(claims)
+
+    def _check(self, claims: Mapping[str, Any]) -> None:
+        # SimpleJWT marks its tokens; a refresh token lives for days and is for the auth server only.
+        if "token_type" in claims and claims["token_type"] != "access":
+            raise AuthError("not an access token")
+        exp = claims["exp"]
+        # PyJWT takes `"exp": "1700000000"` (it calls int()); RFC 7519 says NumericDate.
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise AuthError("`exp` is not a number")
+        if exp > time.time() + self._max_lifetime + CLOCK_SKEW:
+            raise AuthError("`exp` is further ahead than JWT_MAX_LIFETIME")
 
 
 def identity_from(claims: Mapping[str, Any]) -> Identity:
@@ -71,15 +105,22 @@ def _user_id(value: Any) -> int:
     return user_id
 
 
-def token_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+@dataclass(frozen=True, slots=True)
+class Credential:
+    token: str
+    # A cookie is sent by the browser whichever page makes the request: see `cookie_origin_allowed`.
+    via_cookie: bool
+
+
+def credential_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) -> Credential | None:
     """The first of: `?token=`, `Authorization: Bearer`, the `access_token` cookie."""
     token = query.get("token")
     if token:
-        return token
+        return Credential(token, via_cookie=False)
     authorization = headers.get("authorization", "")
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
-        return value.strip()
+        return Credential(value.strip(), via_cookie=False)
     cookie_header = headers.get("cookie")
     if cookie_header:
         cookie: SimpleCookie = SimpleCookie()
@@ -89,5 +130,44 @@ def token_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) -> st
             return None
         morsel = cookie.get(COOKIE)
         if morsel is not None and morsel.value:
-            return morsel.value
+            return Credential(morsel.value, via_cookie=True)
     return None
+
+
+def token_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+    credential = credential_from_scope(query, headers)
+    return credential.token if credential is not None else None
+
+
+def cookie_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """May a request from `origin` be authenticated by a cookie (ambient authority)?
+
+    Yes for the server's own origin (same host:port as the Host header, any
+    scheme: TLS may end at a proxy), for an origin in ALLOWED_ORIGINS, and for a
+    request without Origin: browsers always send one on WebSocket handshakes
+    and cross-site POSTs, so its absence means a program, not another site's page.
+    """
+    if origin is None:
+        return True
+    origin = origin.strip().lower()
+    if origin in allowed:
+        return True
+    if host is None:
+        return False
+    try:
+        parts = urlsplit(origin)
+        port = parts.port
+    except ValueError:
+        return False
+    if parts.scheme not in DEFAULT_PORTS or not parts.hostname or "@" in parts.netloc or parts.path not in ("", "/"):
+        return False
+    default = DEFAULT_PORTS[parts.scheme]
+    return _without_port(parts.netloc, port, default) == _without_port(host.strip().lower(), None, default)
+
+
+def _without_port(netloc: str, port: int | None, default: int) -> str:
+    """`host[:port]` with the scheme's default port left out, as browsers leave it out."""
+    suffix = f":{default}"
+    if (port is None or port == default) and netloc.endswith(suffix):
+        return netloc[: -len(suffix)]
+    return netloc

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 from starlette.endpoints import WebSocketEndpoint
 from starlette.websockets import WebSocket
 
-from endpoints.auth import AuthError, Identity, token_from_scope
+from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
 from endpoints.fastpath import RAW_SEND, adopt, direct_writer
 from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
 from endpoints.outbound import Outbound
@@ -94,12 +94,16 @@ class BaseEndpoint(WebSocketEndpoint):
         self.out.on_closed = self._lost
         self.out.on_push = self.rt.metrics.frame_out
         try:
-            origin = websocket.headers.get("origin")
+            origin, host = websocket.headers.get("origin"), websocket.headers.get("host")
             allowed = self.rt.settings.allowed_origins
-            if origin is not None and allowed and origin not in allowed:
-                # Cross-site WebSocket hijacking: a cookie would authenticate another site's page.
+            # With ALLOWED_ORIGINS set, every browser origin is held to the cookie rule, whatever it sends.
+            if allowed and not cookie_origin_allowed(origin, host, allowed):
                 raise Refused(POLICY, "origin not allowed")
-            token = token_from_scope(websocket.query_params, websocket.headers)
+            credential = credential_from_scope(websocket.query_params, websocket.headers)
+            if credential is not None and credential.via_cookie and not cookie_origin_allowed(origin, host, allowed):
+                # Cross-site WebSocket hijacking: the cookie would authenticate another site's page.
+                raise Refused(POLICY, "cookie authentication is not allowed from this origin")
+            token = credential.token if credential is not None else None
             del websocket  # its parsed headers and query would otherwise live as long as the socket
             via_frame = token is None
             if token is None:

@@ -32,12 +32,13 @@ DEMO_CLIENT = 2
 # so the page asks for the next one (`POST /dev/consultations`).
 CONSULTATION_PREFIX = "demo-"
 CONSULTATION_MINUTES = 15
-TOKEN_LIFETIME = 7 * 24 * 3600
 STATIC = Path(__file__).resolve().parent.parent / "static"
 
 
 def mint(rt: Runtime, user_id: int, name: str, role: str) -> str:
-    claims = {"user_id": user_id, "name": name, "role": role, "exp": int(time.time()) + TOKEN_LIFETIME}
+    # As long as the server takes (JWT_MAX_LIFETIME): the demo URLs printed at start-up keep working.
+    exp = int(time.time() + rt.settings.jwt_max_lifetime)
+    claims = {"user_id": user_id, "name": name, "role": role, "exp": exp}
     return jwt.encode(claims, rt.settings.signing_key, algorithm="HS256")
 
 

@@ -20,7 +20,7 @@ from starlette.routing import Route
 from starlette.types import Message, Receive
 
 from endpoints import notify
-from endpoints.auth import AuthError, Identity, token_from_scope
+from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
 from endpoints.chat import ID
 from endpoints.runtime import Runtime
 from events.bus import Delivery
@@ -80,13 +80,17 @@ def display_name(raw: str | None) -> str:
 async def upload(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     limit = rt.settings.max_upload_bytes
-    origin = request.headers.get("origin")
-    if origin is not None and rt.settings.allowed_origins and origin not in rt.settings.allowed_origins:
-        # A form on another site would post with the user's cookie (as the sockets check it).
+    origin, host = request.headers.get("origin"), request.headers.get("host")
+    allowed = rt.settings.allowed_origins
+    if allowed and not cookie_origin_allowed(origin, host, allowed):
         return error(403, "forbidden", "origin not allowed")
-    token = token_from_scope({}, request.headers)
-    if token is None:
+    credential = credential_from_scope({}, request.headers)
+    if credential is None:
         return error(401, "unauthorized", "Authorization: Bearer <token> required")
+    if credential.via_cookie and not cookie_origin_allowed(origin, host, allowed):
+        # A form on another site would post with the user's cookie (as the sockets check it).
+        return error(403, "forbidden", "cookie authentication is not allowed from this origin")
+    token = credential.token
     try:
         identity = rt.verifier.verify(token)
     except AuthError:

@@ -20,6 +20,7 @@ from tests.procs import Proc, ready
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 RUNTIME_MODULES = ["server.py", "settings.py", "logconfig.py", "embedding.py", "endpoints", "events", "store"]
+RUNTIME_MODULES.append("supervisor.py")  # the image's command loads it through logging.json
 
 
 def instruction(name: str) -> str:

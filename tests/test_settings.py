@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -68,4 +69,117 @@ def test_a_bad_setting_stops_uvicorn_with_one_line(tmp_path: Path) -> None:
     )
     assert result.returncode != 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == ["realtime: configuration error: MAX_FRAME_BYTES: 'big' is not an integer"]
+    assert len(lines) == 1 and lines[0].startswith("realtime: configuration error: MAX_FRAME_BYTES: 'big'"), lines
+
+
+# ---- every bad setting, through the real start-up command ---------------------------
+
+PROCFILE = (ROOT / "Procfile").read_text().split(":", 1)[1].strip()
+
+
+def procfile_command(*extra: str) -> list[str]:
+    """The Procfile's command on loopback, with this interpreter's uvicorn."""
+    words = shlex.split(PROCFILE.replace("${PORT:-8000}", "0").replace("0.0.0.0", "127.0.0.1"))
+    assert words[:2] == ["uvicorn", "server:app"], words
+    return [sys.executable, "-m", *words, *extra]
+
+
+def start_up(env: dict[str, str], tmp_path: Path, *extra: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full = {"PATH": "/usr/bin:/bin", "JWT_SECRET": "x" * 40, "DATABASE_URL": f"sqlite:///{tmp_path}/s.db", **env}
+    return subprocess.run(procfile_command(*extra), cwd=ROOT, env=full, capture_output=True, text=True, timeout=timeout)
+
+
+def the_one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode != 0, (result.returncode, result.stdout, result.stderr)
+    lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+BAD_SETTINGS = [
+    ({"JWT_SECRET": "s3cret"}, "JWT_SECRET", ["32 bytes"]),
+    ({"ALLOWED_ORIGINS": "example.com"}, "ALLOWED_ORIGINS", ["scheme://host[:port]", "'example.com'"]),
+    ({"ALLOWED_ORIGINS": "https://ok.example,https://example.com/app"}, "ALLOWED_ORIGINS", ["path"]),
+    ({"ALLOWED_ORIGINS": "wss://example.com"}, "ALLOWED_ORIGINS", ["http"]),
+    ({"LOG_LEVEL": "verbose"}, "LOG_LEVEL", ["debug", "critical"]),
+    ({"RATE_LIMIT": "0"}, "RATE_LIMIT", ["frames per second", "1000000"]),
+    ({"RATE_LIMIT": "2000000"}, "RATE_LIMIT", ["frames per second", "1000000"]),
+    ({"RATE_LIMIT": "fast"}, "RATE_LIMIT", ["frames per second"]),
+    ({"RATE_BURST": "0.5"}, "RATE_BURST", ["frames", "1 to 1000000"]),
+    ({"WEB_CONCURRENCY": "2"}, "BROKER_URL", ["memory://", "1 worker", "2"]),
+    ({"WEB_CONCURRENCY": "0"}, "WEB_CONCURRENCY", ["processes", "1 to"]),
+    ({"JWT_MAX_LIFETIME": "0"}, "JWT_MAX_LIFETIME", ["seconds"]),
+    ({"JWT_MAX_LIFETIME": "a day"}, "JWT_MAX_LIFETIME", ["seconds"]),
+    ({"MAX_FRAME_BYTES": "big"}, "MAX_FRAME_BYTES", ["bytes", "256 to"]),
+    ({"STATUS_INTERVAL": "-1"}, "STATUS_INTERVAL", ["seconds", "86400"]),
+    ({"JWT_SECRET": "", "JWT_PUBLIC_KEY": "not a key"}, "JWT_PUBLIC_KEY", ["RS256"]),
+    ({"TOKEN_GRACE": "nan"}, "TOKEN_GRACE", ["seconds"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("env", "name", "words"), BAD_SETTINGS, ids=[f"{c[1]}={list(c[0].values())[-1]}" for c in BAD_SETTINGS]
+)
+def test_each_bad_setting_stops_the_real_command_with_one_line(
+    tmp_path: Path, env: dict[str, str], name: str, words: list[str]
+) -> None:
+    line = the_one_line(start_up(env, tmp_path))
+    assert line.startswith(f"realtime: configuration error: {name}"), line
+    for word in words:
+        assert word in line, (word, line)
+
+
+def test_a_public_key_of_the_wrong_kind_stops_start_up(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    rsa_only = {"JWT_SECRET": "", "JWT_PUBLIC_KEY": public.decode(), "JWT_ALGORITHMS": "RS256"}
+    assert "JWT_PUBLIC_KEY" in the_one_line(start_up(rsa_only, tmp_path))
+    leaked = {"JWT_SECRET": "", "JWT_PUBLIC_KEY": private.decode(), "JWT_ALGORITHMS": "ES256"}
+    assert "private key" in the_one_line(start_up(leaked, tmp_path))
+    # The same public key with its own algorithm is fine.
+    good = from_env({"JWT_PUBLIC_KEY": public.decode(), "JWT_ALGORITHMS": "ES256"})
+    assert good.jwt_algorithms == ("ES256",)
+
+
+@pytest.mark.parametrize(("extra", "env"), [(["--workers", "2"], {}), ([], {"WEB_CONCURRENCY": "3"})])
+def test_several_workers_on_the_memory_broker_are_refused_before_any_starts(
+    tmp_path: Path, extra: list[str], env: dict[str, str]
+) -> None:
+    line = the_one_line(start_up(env, tmp_path, *extra))
+    assert line.startswith("realtime: configuration error: BROKER_URL"), line
+    assert "memory://" in line and "1 worker" in line
+
+
+def test_a_bare_uvicorn_with_workers_on_the_memory_broker_stops_instead_of_restarting(tmp_path: Path) -> None:
+    """Without the Procfile's log config uvicorn's supervisor runs none of our code: the
+    workers refuse with uvicorn's start-up failure status, which stops the supervisor."""
+    env = {"PATH": "/usr/bin:/bin", "JWT_SECRET": "x" * 40, "DATABASE_URL": f"sqlite:///{tmp_path}/s.db"}
+    result = subprocess.run(
+        [sys.executable, "-m", "uvicorn", "server:app", "--port", "0", "--workers", "2"],
+        cwd=ROOT,
+        env={**env, "WEB_CONCURRENCY": "2"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stderr.count("configuration error: BROKER_URL") <= 2, result.stderr
+    assert "died" not in result.stderr, result.stderr
+
+
+def test_the_settings_ranges_take_their_edges() -> None:
+    settings = from_env({**GOOD, "RATE_LIMIT": "100000", "RATE_BURST": "1", "JWT_MAX_LIFETIME": "300"})
+    assert (settings.rate_limit, settings.rate_burst, settings.jwt_max_lifetime) == (100000, 1, 300)
+    origins = from_env(
+        {**GOOD, "ALLOWED_ORIGINS": "https://App.Example, http://localhost:3000, https://a.example:443/"}
+    )
+    assert origins.allowed_origins == ("https://app.example", "http://localhost:3000", "https://a.example")
+    assert from_env({**GOOD, "LOG_LEVEL": "WARNING"}).log_level == "warning"
+    assert from_env({**GOOD, "JWT_AUDIENCE": "realtime", "JWT_ISSUER": "https://auth.example"}).jwt_audience == (
+        "realtime",
+    )
