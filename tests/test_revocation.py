@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from store import rooms
@@ -247,3 +248,25 @@ async def test_ending_or_cancelling_a_consultation_closes_its_sockets_after_the_
         async with ws(server.ws_url(f"/ws/consultation/{cid}/", token=token(2))) as late:
             assert (await late.expect("consultation_status"))["status_data"]["status"] == status
             assert await late.closed() == 4003
+
+
+async def test_a_revoked_token_cannot_upload(server: Server) -> None:
+    await server.room("r1", [1])
+    old = token(1, iat=int(time.time()))
+
+    async def upload(bearer: str) -> int:
+        async with httpx.AsyncClient() as client:
+            response = await client.post(
+                f"{server.http}/chat/messages/file/",
+                files={"file": ("a.bin", b"data", "application/octet-stream")},
+                data={"room_id": "r1"},
+                headers={"Authorization": f"Bearer {bearer}"},
+            )
+        return response.status_code
+
+    assert await upload(old) == 201
+    async with server.api() as api:
+        assert (await api.post("/api/users/1/disconnect", json={"revoke": True})).status_code == 202
+    assert await upload(old) == 401
+    await next_second()
+    assert await upload(token(1, iat=int(time.time()))) == 201
