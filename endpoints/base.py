@@ -208,6 +208,8 @@ class BaseEndpoint(WebSocketEndpoint):
                 self._close(TOO_BIG, f"frame over {limit} bytes")
                 return
             for item in decode(text, self.kinds):
+                if self.out.closed:
+                    break  # closed mid-array (access ended, revoked): the rest is not handled
                 self.rt.metrics.frame_in(self.channel, item)
                 if not self._allow(item):
                     if self.abuse.reject():
