@@ -43,6 +43,10 @@ async def test_the_socket_limit_counts_every_process_and_a_dead_ones_leases_laps
                 assert await _open_or_refused(urls[0], held) == "open"
             async with contextlib.AsyncExitStack() as stack:
                 assert await _open_or_refused(urls[1], stack) == "1008"
+            # A live process renews its leases: past the lease time they still count.
+            await asyncio.sleep(LEASE * 1.5)
+            async with contextlib.AsyncExitStack() as stack:
+                assert await _open_or_refused(urls[1], stack) == "1008"
             one.kill()
             async with contextlib.AsyncExitStack() as stack:
                 assert await _open_or_refused(urls[1], stack) == "1008"
