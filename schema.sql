@@ -157,3 +157,12 @@ CREATE TABLE IF NOT EXISTS notifications (
 );
 
 CREATE UNIQUE INDEX IF NOT EXISTS notifications_user_seq ON notifications (user_id, seq);
+
+-- `POST /api/users/{id}/disconnect {"revoke": true}`: that user's tokens issued
+-- at or before `revoked_before` (Unix ms; by `iat`, tokens without one too)
+-- are refused. One row per user, only ever moved forward.
+CREATE TABLE IF NOT EXISTS token_revocations (
+    user_id        BIGINT PRIMARY KEY,
+    revoked_before BIGINT NOT NULL,
+    revoked_at     TEXT NOT NULL
+);

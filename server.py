@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import api, asyncapi, consultation_api, control, dev, files, metrics, notifications_api
+from endpoints import api, asyncapi, consultation_api, control, dev, files, metrics, notifications_api, socket_slots
 from endpoints.auth import TokenVerifier
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
@@ -129,6 +129,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             presence=presence.for_settings(settings),
             chat_presence=ChatPresence.for_settings(settings),
             metrics=app_metrics,
+            slots=socket_slots.for_settings(settings),
         )
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
@@ -151,6 +152,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await hub.stop()
             await runtime.presence.close()
             await runtime.chat_presence.close()
+            await runtime.slots.close()
             await db.disconnect()
 
     sockets = socket_routes()

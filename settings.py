@@ -60,7 +60,8 @@ class Settings:
     rate_burst: float = 40.0
     max_sockets_per_user: int = 20
     max_pending_auth: int = 1000
-    token_expiry: str = "ignore"
+    socket_lease: float = 30.0
+    token_expiry: str = "close"
     token_grace: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
@@ -171,6 +172,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         rate_burst=reader.float("RATE_BURST", Settings.rate_burst, minimum=1, maximum=MAX_RATE, unit="frames"),
         max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1, 10**6, "sockets"),
         max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1, 10**7, "sockets"),
+        socket_lease=reader.float("SOCKET_LEASE", Settings.socket_lease),
         token_expiry=(reader.str("TOKEN_EXPIRY") or Settings.token_expiry).lower(),
         token_grace=reader.float("TOKEN_GRACE", Settings.token_grace),
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),

@@ -7,6 +7,7 @@ key they answer 503, so an unconfigured server never exposes them.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -17,10 +18,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from endpoints import control
-from endpoints.chat import ID
+from endpoints.chat import ID, access
 from endpoints.runtime import Runtime
 from events.frames import has_nul
-from store import rooms, users
+from store import revocations, rooms, users
 from store.db import new_id
 from store.errors import StoreError
 
@@ -42,6 +43,10 @@ class RoomBody(Struct):
     member_ids: Annotated[list[UserId], Meta(max_length=10_000)]
     id: RoomId | None = None
     consultation_id: RoomId | None = None
+
+
+class DisconnectBody(Struct, forbid_unknown_fields=True):
+    revoke: bool = False
 
 
 class ApiError(Exception):
@@ -133,15 +138,24 @@ async def put_member(request: Request, rt: Runtime) -> Response:
 
 @service
 async def delete_member(request: Request, rt: Runtime) -> Response:
-    await rooms.remove_member(rt.db, path_room(request), path_user(request))
+    room_id, user_id = path_room(request), path_user(request)
+    await rooms.remove_member(rt.db, room_id, user_id)
+    # Committed first: a frame of theirs that gets past this is refused by the store.
+    await control.end_access(rt, user_id, access(room_id))
     return Response(status_code=204)
 
 
 @service
 async def disconnect_user(request: Request, rt: Runtime) -> Response:
     user_id = path_user(request)
-    await control.disconnect(rt, user_id)
-    return JSONResponse({"user_id": user_id}, status_code=202)
+    # The body is optional: no body is `{"revoke": false}`.
+    data = await body(request, DisconnectBody) if (await request.body()).strip() else DisconnectBody()
+    if data.revoke:
+        before = await revocations.revoke(rt.db, user_id, int(time.time() * 1000))
+        await control.revoke(rt, user_id, before)
+    else:
+        await control.disconnect(rt, user_id)
+    return JSONResponse({"user_id": user_id, "revoked": data.revoke}, status_code=202)
 
 
 routes = [

@@ -30,6 +30,8 @@ class Identity:
     role: str | None
     profile_image: str | None
     expires_at: int
+    # `iat` in seconds, None when the token has none (revocation refuses those).
+    issued_at: float | None = None
 
 
 class TokenVerifier:
@@ -88,7 +90,15 @@ def identity_from(claims: Mapping[str, Any]) -> Identity:
         role=role if role in ("expert", "client") else None,
         profile_image=image if isinstance(image, str) and image else None,
         expires_at=int(claims["exp"]),
+        issued_at=_issued_at(claims.get("iat")),
     )
+
+
+def _issued_at(value: Any) -> float | None:
+    # PyJWT has checked a present `iat` is a number; a bool is not one.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value)
 
 
 def _user_id(value: Any) -> int:

@@ -25,7 +25,7 @@ from events import errors, outbound
 from events.bus import Delivery
 from events.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
 from store import streams
-from store.errors import StoreError
+from store.errors import AccessEnded, StoreError
 
 log = logging.getLogger("realtime.ws")
 
@@ -64,6 +64,9 @@ class BaseEndpoint(WebSocketEndpoint):
     stream: str | None = None  # the one seq-carrying stream this socket follows, if any
     last_seq: int = 0
     buffer: list[Delivery] | None = None
+    # The channel this socket's access is to (`control.end_access` closes it), set by `authorize`.
+    access: str | None = None
+    slot: str | None = None  # its place under the per-user socket limit, once reserved
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -114,8 +117,9 @@ class BaseEndpoint(WebSocketEndpoint):
             self.identity = identity
             self.user_id = identity.user_id
             self._log("connect")
-            if len(self.rt.sockets.get(self.user_id, ())) >= self.rt.settings.max_sockets_per_user:
-                raise Refused(POLICY, "too many sockets for this user")
+            await self._reserve_slot()
+            if await self.rt.revocations.refuses(self.rt.db, identity):
+                raise Refused(NOT_AUTHENTICATED, "token revoked")
             self.user = await self.rt.profile(identity)
             if via_frame:
                 self.out.push(outbound.auth_ok(self.user))
@@ -138,6 +142,19 @@ class BaseEndpoint(WebSocketEndpoint):
         except AuthError as exc:
             self._close(NOT_AUTHENTICATED, _reason(exc))
             return None
+
+    async def _reserve_slot(self) -> None:
+        limit = self.rt.settings.max_sockets_per_user
+        # Counted and registered before the first `await`: simultaneous handshakes
+        # cannot all pass the count. Registered, the socket is also within reach of
+        # `disconnect` and revocations from now on; `_cleanup` gives it back.
+        sockets = self.rt.sockets[self.user_id]
+        if len(sockets) >= limit:
+            raise Refused(POLICY, "too many sockets for this user")
+        sockets.add(self)
+        self.slot = await self.rt.slots.reserve(self.user_id, limit)
+        if self.slot is None:
+            raise Refused(POLICY, "too many sockets for this user")
 
     async def _first_frame_token(self) -> str | None:
         rt = self.rt
@@ -176,7 +193,6 @@ class BaseEndpoint(WebSocketEndpoint):
         for topic in self.topics:
             await self.rt.hub.join(topic, self)
             self.joined.append(topic)
-        self.rt.sockets[self.user_id].add(self)
 
     async def _serve(self) -> None:
         limit = self.rt.settings.max_frame_bytes
@@ -196,6 +212,8 @@ class BaseEndpoint(WebSocketEndpoint):
                 self._close(TOO_BIG, f"frame over {limit} bytes")
                 return
             for item in decode(text, self.kinds):
+                if self.out.closed:
+                    break  # closed mid-array (access ended, revoked): the rest is not handled
                 self.rt.metrics.frame_in(self.channel, item)
                 if not self._allow(item):
                     if self.abuse.reject():
@@ -216,6 +234,9 @@ class BaseEndpoint(WebSocketEndpoint):
             await self._handlers[item.type](self, item.frame)
         except StoreError as exc:
             self.reply_error(exc.code, str(exc), item.type, item.client_msg_id)
+            if isinstance(exc, AccessEnded):
+                # Removed meanwhile: the `ctl` command may not have arrived yet.
+                self._close(FORBIDDEN, _reason(exc))
 
     async def _cleanup(self) -> None:
         try:
@@ -226,6 +247,9 @@ class BaseEndpoint(WebSocketEndpoint):
             self.expiry.cancel()
         for task in list(self.tasks):
             task.cancel()
+        if self.slot is not None:
+            slot, self.slot = self.slot, None
+            await self.rt.slots.release(self.user_id, slot)
         for topic in self.joined:
             await self.rt.hub.leave(topic, self)
         self.joined.clear()
@@ -367,6 +391,9 @@ class BaseEndpoint(WebSocketEndpoint):
             return
         if identity.user_id != self.user_id:
             self.reply_error(errors.FORBIDDEN, "the token is for another user", "auth")
+            return
+        if await self.rt.revocations.refuses(self.rt.db, identity):
+            self._close(NOT_AUTHENTICATED, "token revoked")
             return
         self.identity = identity
         self._watch_expiry()

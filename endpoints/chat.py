@@ -10,8 +10,14 @@ from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
 from events import chat as frames
 from events import outbound
 from store import messages, rooms, streams
+from store.errors import AccessEnded
 
 ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def access(room_id: str) -> str:
+    """What a chat socket's access is to (`control.end_access`)."""
+    return f"chat:{room_id}"
 
 
 class ChatEndpoint(BaseEndpoint):
@@ -23,6 +29,8 @@ class ChatEndpoint(BaseEndpoint):
 
     async def authorize(self) -> None:
         room_id = self.scope["path_params"]["room_id"]
+        # Set before the membership is read: a removal from now on reaches this socket.
+        self.access = access(room_id)
         if not ID.fullmatch(room_id) or not await rooms.exists(self.rt.db, room_id):
             raise Refused(NOT_FOUND, "no such room")
         if not await rooms.is_member(self.rt.db, room_id, self.user_id):
@@ -58,6 +66,7 @@ class ChatEndpoint(BaseEndpoint):
             frame.file_url,
             frame.file_name,
             frame.client_msg_id,
+            from_member=True,
         )
         if posted.frame is None:
             # A retry of something already stored: answer the sender, tell nobody else.
@@ -96,11 +105,18 @@ class ChatEndpoint(BaseEndpoint):
         await self.publish(self.stream, "message_deleted", text, seq)
 
     async def handle_fetch_history(self, frame: frames.FetchHistory) -> None:
+        await self._still_member()
         history, has_more = await messages.history(self.rt.db, self.room_id, frame.before_seq, frame.limit)
         self.out.push(outbound.history_page(history, has_more))
 
     async def handle_sync(self, frame: frames.Sync) -> None:
+        await self._still_member()
         await self.catch_up(frame.since)
+
+    async def _still_member(self) -> None:
+        """Before a read of the room's past: a removal not yet heard of still counts."""
+        if not await rooms.is_member(self.rt.db, self.room_id, self.user_id):
+            raise AccessEnded("no longer a member of this room")
 
     async def _stop_typing(self) -> None:
         if self.typing is None:

@@ -40,6 +40,9 @@ log = logging.getLogger("realtime.consultation")
 TOKEN_MARGIN = 600
 AGORA_CHANNEL_MAX = 64
 PERSONAL = frozenset({"consultation_status", "consultation_started", "participant_joined", "participant_left"})
+# After these nobody belongs on the channel any more: the socket gets the frame, then closes with 4003.
+FINAL = frozenset({"consultation_ended", "consultation_cancelled"})
+OVER = (consultations.COMPLETED, consultations.CANCELLED)
 _decode = msgspec.json.Decoder().decode
 
 
@@ -172,6 +175,7 @@ class ConsultationEndpoint(BaseEndpoint):
         if role is None:
             raise Refused(FORBIDDEN, "not a participant of this consultation")
         self.consultation_id = consultation_id
+        self.access = topic(consultation_id)
         self.role = role
         self.shown: set[int] = set()
         self.tokens: dict[tuple[str, str], str | None] = {}
@@ -181,11 +185,16 @@ class ConsultationEndpoint(BaseEndpoint):
         # Live events wait until the snapshot is out, then go through the same filter.
         self.buffer = []
         try:
-            self.conn = new_id()
-            await self._seen()
+            # Read after the topic was joined: a change after this read is among the held events.
             c = await consultations.get(self.rt.db, self.consultation_id)
             assert c is not None
+            if c.status not in OVER:
+                self.conn = new_id()
+                await self._seen()
             self.out.push(self._complete("consultation_status", await status_frame(self.rt, c)))
+            if c.status in OVER:
+                # A late socket learns how it ended, and is done like the ones that saw it end.
+                self._close(FORBIDDEN, f"consultation {c.status}")
         finally:
             held, self.buffer = self.buffer, None
             for delivery in held:
@@ -214,6 +223,8 @@ class ConsultationEndpoint(BaseEndpoint):
     def deliver(self, delivery: Delivery) -> None:
         if self.buffer is not None or delivery.type not in PERSONAL:
             super().deliver(delivery)
+            if self.buffer is None and delivery.type in FINAL:
+                self._close(FORBIDDEN, "consultation ended" if delivery.type == "consultation_ended" else "cancelled")
             return
         text = self._personal(delivery.type, delivery.frame)
         if text is not None:

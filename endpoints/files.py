@@ -26,6 +26,7 @@ from endpoints.runtime import Runtime
 from events.bus import Delivery
 from store import messages, rooms, streams
 from store.db import new_id
+from store.errors import AccessEnded
 
 CHUNK = 64 * 1024
 # Form fields and multipart framing on top of the file itself.
@@ -95,6 +96,8 @@ async def upload(request: Request) -> Response:
         identity = rt.verifier.verify(token)
     except AuthError:
         return error(401, "unauthorized", "invalid or expired token")
+    if await rt.revocations.refuses(rt.db, identity):
+        return error(401, "unauthorized", "token revoked")
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit + FORM_OVERHEAD:
         return error(413, "too_large", f"files are limited to {limit} bytes")
@@ -144,8 +147,19 @@ async def store_file(
         os.replace(partial, final)
         try:
             posted = await messages.post(
-                rt.db, room_id, sender, content, "image" if kind else "file", url, display_name(file.filename)
+                rt.db,
+                room_id,
+                sender,
+                content,
+                "image" if kind else "file",
+                url,
+                display_name(file.filename),
+                from_member=True,
             )
+        except AccessEnded:
+            # Removed from the room while the file was coming in.
+            final.unlink(missing_ok=True)
+            return error(403, "forbidden", "no longer a member of this room")
         except BaseException:
             final.unlink(missing_ok=True)
             raise

@@ -11,6 +11,8 @@ from endpoints.auth import Identity, TokenVerifier
 from endpoints.chat_presence import ChatPresence
 from endpoints.limits import TokenBucket
 from endpoints.metrics import Metrics
+from endpoints.revocation import Revocations
+from endpoints.socket_slots import LocalSlots, SocketSlots
 from events.bus import Hub
 from events.presence import MemoryPresence, Presence
 from settings import Settings
@@ -37,6 +39,10 @@ class Runtime:
     chat_presence: ChatPresence = field(default_factory=ChatPresence)
     # This app's Prometheus metrics (`GET /metrics`); create_app passes its own registry.
     metrics: Metrics = field(default_factory=Metrics)
+    # The per-user socket limit across processes; the lifespan passes the one the broker calls for.
+    slots: SocketSlots = field(default_factory=LocalSlots)
+    # Revoked tokens, cached from the store.
+    revocations: Revocations = field(default_factory=Revocations)
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the
@@ -65,6 +71,13 @@ class Runtime:
     def close_user(self, user_id: int, code: int, reason: str) -> int:
         """Close this process's sockets of one user; returns how many."""
         sockets = list(self.sockets.get(user_id, ()))
+        for endpoint in sockets:
+            endpoint.close_for(code, reason)
+        return len(sockets)
+
+    def close_access(self, user_id: int, access: str, code: int, reason: str) -> int:
+        """Close this process's sockets of one user on one channel (`BaseEndpoint.access`)."""
+        sockets = [s for s in self.sockets.get(user_id, ()) if s.access == access]
         for endpoint in sockets:
             endpoint.close_for(code, reason)
         return len(sockets)

@@ -15,3 +15,7 @@ class Forbidden(StoreError):
 
 class Conflict(StoreError):
     code = "conflict"
+
+
+class AccessEnded(Forbidden):
+    """The user has lost access to the channel (a room member removed): the socket closes with 4003."""

@@ -11,7 +11,7 @@ from typing import Any
 
 from store import streams
 from store.db import Db, Row, Runner, new_ids, utc_now
-from store.errors import Forbidden, NotFound
+from store.errors import AccessEnded, Forbidden, NotFound
 
 COLUMNS = (
     "id, seq, room_id, sender_id, sender_name, sender_image, content, message_type, "
@@ -57,6 +57,9 @@ class NewMessage:
     file_url: str | None = None
     file_name: str | None = None
     client_msg_id: str | None = None
+    # The sender must be a member when the message is written (a socket's
+    # message: the member may have been removed since the socket joined).
+    from_member: bool = False
 
     @property
     def key(self) -> tuple[str, int, str | None]:
@@ -68,12 +71,16 @@ class PostMessages:
     one look-up of repeated `client_msg_id`s, one seq reservation per batch,
     and `executemany` for the rows and their stream events."""
 
-    async def run(self, tx: Runner, items: list[NewMessage]) -> list[Posted]:
-        results: list[Posted | None] = [None] * len(items)
+    async def run(self, tx: Runner, items: list[NewMessage]) -> list[Posted | AccessEnded]:
+        results: list[Posted | AccessEnded | None] = [None] * len(items)
+        outsiders = await self._outsiders(tx, [item for item in items if item.from_member])
         earlier = await self._earlier(tx, [item for item in items if item.client_msg_id is not None])
         first_of: dict[tuple[str, int, str | None], int] = {}
         fresh: list[int] = []
         for index, item in enumerate(items):
+            if outsiders and (item.room_id, int(item.sender["id"])) in outsiders:
+                results[index] = AccessEnded("no longer a member of this room")
+                continue
             if item.client_msg_id is not None:
                 if item.key in earlier:
                     results[index] = earlier[item.key]
@@ -111,9 +118,22 @@ class PostMessages:
         for index, item in enumerate(items):
             if results[index] is None:
                 original = results[first_of[item.key]]
-                assert original is not None
+                assert isinstance(original, Posted)
                 results[index] = Posted(original.message, None, original.seq)
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    async def _outsiders(tx: Runner, checked: list[NewMessage]) -> set[tuple[str, int]]:
+        """The (room, sender) pairs of `checked` that are not (any more) members,
+        read in the writing transaction: a removal committed before is seen."""
+        pairs = {(item.room_id, int(item.sender["id"])) for item in checked}
+        if not pairs:
+            return set()
+        where = " OR ".join(["(room_id = ? AND user_id = ?)"] * len(pairs))
+        rows = await tx.fetch_all(
+            f"SELECT room_id, user_id FROM room_members WHERE {where}", [v for pair in pairs for v in pair]
+        )
+        return pairs - {(row[0], int(row[1])) for row in rows}
 
     @staticmethod
     async def _earlier(tx: Runner, keyed: list[NewMessage]) -> dict[tuple[str, int, str | None], Posted]:
@@ -141,9 +161,12 @@ async def post(
     file_url: str | None = None,
     file_name: str | None = None,
     client_msg_id: str | None = None,
+    *,
+    from_member: bool = False,
 ) -> Posted:
-    """Store one message (or find the one this `client_msg_id` already stored)."""
-    item = NewMessage(room_id, sender, content, message_type, file_url, file_name, client_msg_id)
+    """Store one message (or find the one this `client_msg_id` already stored).
+    `from_member`: refuse it (`AccessEnded`) unless the sender is a member as it is written."""
+    item = NewMessage(room_id, sender, content, message_type, file_url, file_name, client_msg_id, from_member)
     return await db.write_batched(POST, item)
 
 
@@ -164,6 +187,7 @@ async def mark_read(db: Db, room_id: str, message_id: str, user_id: int) -> tupl
     stream = streams.chat_stream(room_id)
 
     async def job(tx: Runner) -> tuple[int, str] | None:
+        await _still_member(tx, room_id, user_id)
         row = await tx.fetch_one(
             "SELECT sender_id FROM messages WHERE id = ? AND room_id = ? AND deleted_at IS NULL",
             (message_id, room_id),
@@ -190,6 +214,7 @@ async def delete(db: Db, room_id: str, message_id: str, user_id: int) -> tuple[i
     stream = streams.chat_stream(room_id)
 
     async def job(tx: Runner) -> tuple[int, str]:
+        await _still_member(tx, room_id, user_id)
         row = await tx.fetch_one(
             "SELECT sender_id FROM messages WHERE id = ? AND room_id = ? AND deleted_at IS NULL",
             (message_id, room_id),
@@ -202,3 +227,10 @@ async def delete(db: Db, room_id: str, message_id: str, user_id: int) -> tuple[i
         return await streams.append(tx, stream, "message_deleted", {"message_id": message_id})
 
     return await db.write(job)
+
+
+async def _still_member(tx: Runner, room_id: str, user_id: int) -> None:
+    """In the writing transaction: a member removed before it commits is refused."""
+    row = await tx.fetch_one("SELECT 1 FROM room_members WHERE room_id = ? AND user_id = ?", (room_id, user_id))
+    if row is None:
+        raise AccessEnded("no longer a member of this room")

@@ -129,7 +129,10 @@ async def until_pong(client: Client, twice: bool = False) -> list[dict[str, Any]
     seen: list[dict[str, Any]] = []
     pongs = 0
     while pongs < (2 if twice else 1):
-        frame = await client.recv()
+        try:
+            frame = await client.recv()
+        except ConnectionClosed:  # the frame ended the channel (a consultation's end): no pong
+            break
         seen.append(frame)
         pongs += frame["type"] == "pong"
     return seen

@@ -134,6 +134,10 @@ class ConsultationArena(Arena):
     def pools(self) -> dict[str, list[Any]]:
         return {"extension": [*self.requests, self.foreign, "nope"]}
 
+    def may_close(self, code: int | None) -> bool:
+        # An ended or cancelled consultation closes its sockets (4003) after telling them.
+        return code == 4003 and bool(self.told[self.cid] & {"consultation_ended", "consultation_cancelled"})
+
     def learn(self, frame: dict[str, Any]) -> None:
         self.told[self.cid].add(frame["type"])
         pending = frame.get("status_data", {}).get("pending_extension")

@@ -125,8 +125,9 @@ async def test_token_expiry_close_mode_warns_then_closes_unless_refreshed(tmp_pa
             await client.expect("pong")
 
 
-async def test_token_expiry_is_ignored_by_default(tmp_path: Path) -> None:
-    async with running(base_settings(tmp_path)) as srv:
+async def test_token_expiry_ignore_keeps_an_expired_socket_open(tmp_path: Path) -> None:
+    # The default is `close` (tests/test_revocation.py); `ignore` is there for clients that never refresh.
+    async with running(base_settings(tmp_path, token_expiry="ignore")) as srv:
         await srv.room("r1", [1])
         async with ws(srv.ws_url("/ws/chat/r1/", token=token(1, exp=time.time() + 1))) as client:
             await client.expect("message_history")

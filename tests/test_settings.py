@@ -40,6 +40,9 @@ def test_defaults() -> None:
         ({**GOOD, "WEB_CONCURRENCY": "4"}, "BROKER_URL"),
         ({**GOOD, "AGORA_APP_ID": "x"}, "AGORA_APP_ID"),
         ({**GOOD, "STATUS_INTERVAL": "-1"}, "STATUS_INTERVAL"),
+        ({**GOOD, "SOCKET_LEASE": "0"}, "SOCKET_LEASE"),
+        ({**GOOD, "SOCKET_LEASE": "soon"}, "SOCKET_LEASE"),
+        ({**GOOD, "TOKEN_EXPIRY": "maybe"}, "TOKEN_EXPIRY"),
         ({**GOOD, "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({**GOOD, "DEV_MODE": "1"}, "DEV_MODE"),
     ],
@@ -52,6 +55,12 @@ def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
 def test_dev_mode_runs_without_a_secret_and_with_a_weak_one() -> None:
     assert from_env({"DEV_MODE": "1"}).jwt_key == DEV_SECRET
     assert from_env({"DEV_MODE": "true", "JWT_SECRET": "short"}).jwt_key == "short"
+
+
+def test_token_expiry_defaults_to_close_and_ignore_is_still_taken() -> None:
+    assert from_env(GOOD).token_expiry == "close"
+    assert from_env({**GOOD, "TOKEN_EXPIRY": "IGNORE"}).token_expiry == "ignore"
+    assert from_env({**GOOD, "SOCKET_LEASE": "2.5"}).socket_lease == 2.5
 
 
 def test_redis_allows_several_workers() -> None:

@@ -1,0 +1,167 @@
+"""The per-user socket limit across every server process.
+
+Each process first counts its own sockets (`Runtime.sockets`, reserved before
+the handshake's first `await`). With `BROKER_URL=redis://` a socket also takes
+a slot in a Redis sorted set per user, `<namespace>sockets:<user_id>`, whose
+members are `<process>:<socket>` scored by a lease expiry (Redis server time,
+so the processes' clocks do not matter). One Lua script drops lapsed members,
+counts and adds, so simultaneous handshakes on several processes never pass
+the limit together. Each process renews its leases every third of
+`SOCKET_LEASE`; a process that dies stops renewing, and its sockets stop
+counting within the lease.
+
+When Redis cannot be reached a socket is let in on the per-process count alone
+(the broker is down too, so that process is already impaired): refusing every
+user would be worse than a limit that holds per process for a while. The next
+renewal adds its lease back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import Protocol
+from urllib.parse import urlparse
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from events.presence import namespace
+from settings import Settings
+
+log = logging.getLogger("realtime.socket_slots")
+
+IO_TIMEOUT = 2.0
+
+# KEYS user key; ARGV limit, member, lease ms. 1: taken, 0: the user is at the limit.
+_RESERVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + lease, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 1
+"""
+
+# KEYS user key; ARGV lease ms, then the members this process holds for the user.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local lease = tonumber(ARGV[1])
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], now + lease, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], lease * 2)
+return 1
+"""
+
+
+class SocketSlots(Protocol):
+    async def reserve(self, user_id: int, limit: int) -> str | None:
+        """A slot for one more socket of the user, or None at the limit."""
+
+    async def release(self, user_id: int, slot: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalSlots:
+    """One process: its own socket registry is the whole count."""
+
+    async def reserve(self, user_id: int, limit: int) -> str | None:
+        return "local"
+
+    async def release(self, user_id: int, slot: str) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisSlots:
+    def __init__(self, url: str, prefix: str, lease: float) -> None:
+        self.redis = Redis.from_url(url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT)
+        self.prefix = prefix + "sockets:"
+        self.node = secrets.token_hex(6)
+        self.lease_ms = int(lease * 1000)
+        self.interval = lease / 3
+        self.held: dict[int, set[str]] = {}
+        # A renewal writes what is held as it was when it started: a release
+        # waits for it, so a lease is never renewed after its ZREM.
+        self.lock = asyncio.Lock()
+        self.renewer: asyncio.Task[None] | None = None
+        self._reserve = self.redis.register_script(_RESERVE)
+        self._renew = self.redis.register_script(_RENEW)
+
+    def _key(self, user_id: int) -> str:
+        return f"{self.prefix}{user_id}"
+
+    async def reserve(self, user_id: int, limit: int) -> str | None:
+        if self.renewer is None:
+            self.renewer = asyncio.create_task(self._renew_forever(), name="socket-slot-leases")
+        slot = f"{self.node}:{secrets.token_hex(4)}"
+        try:
+            taken = await self._reserve(keys=[self._key(user_id)], args=[limit, slot, self.lease_ms])
+        except (RedisError, OSError) as exc:
+            log.warning("socket limit counted in this process only, Redis unreachable: %r", exc)
+            taken = 1
+        if not taken:
+            return None
+        self.held.setdefault(user_id, set()).add(slot)
+        return slot
+
+    async def release(self, user_id: int, slot: str) -> None:
+        slots = self.held.get(user_id)
+        if slots is not None:
+            slots.discard(slot)
+            if not slots:
+                del self.held[user_id]
+        try:
+            async with self.lock:
+                await self.redis.zrem(self._key(user_id), slot)
+        except (RedisError, OSError) as exc:
+            # Not renewed any more: it lapses within the lease.
+            log.warning("socket slot release failed: %r", exc)
+
+    async def renew(self) -> None:
+        async with self.lock:
+            if not self.held:
+                return
+            pipe = self.redis.pipeline(transaction=False)
+            for user_id, slots in self.held.items():
+                await self._renew(keys=[self._key(user_id)], args=[self.lease_ms, *slots], client=pipe)
+            await pipe.execute()
+
+    async def _renew_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.renew()
+            except (RedisError, OSError) as exc:
+                log.warning("socket slot renewal failed: %r", exc)
+
+    async def close(self) -> None:
+        """On shutdown: give the slots back at once rather than after the lease."""
+        if self.renewer is not None:
+            self.renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.renewer
+        try:
+            if self.held:
+                pipe = self.redis.pipeline(transaction=False)
+                for user_id, slots in self.held.items():
+                    pipe.zrem(self._key(user_id), *slots)
+                await pipe.execute()
+        except (RedisError, OSError) as exc:
+            log.warning("socket slot cleanup failed: %r", exc)
+        finally:
+            self.held.clear()
+            await self.redis.aclose()
+
+
+def for_settings(settings: Settings) -> SocketSlots:
+    if urlparse(settings.broker_url).scheme not in ("redis", "rediss"):
+        return LocalSlots()
+    return RedisSlots(settings.broker_url, namespace(settings), settings.socket_lease)
