@@ -64,6 +64,10 @@ WAIT_TIMEOUT = 10.0  # the longest a write waits for the store before `StoreUnav
 # work again within about a second of the database coming back.
 BACKOFF_FIRST = 0.05
 BACKOFF_CAP = 1.0
+# After a fault that left the connection usable (locked, full), readiness stays
+# off this long unless a real write commits: the probe, an empty transaction,
+# would pass on a full disk at once and make readiness flap.
+PROBE_AFTER = 3.0
 
 
 def utc_now() -> str:
@@ -213,6 +217,7 @@ class GroupCommitWriter:
         # Why writes fail now: set by a transient fault, cleared by the next commit.
         self.problem: str | None = None
         self.failures = 0  # consecutive failed attempts: the backoff's exponent
+        self._failed_at = 0.0  # monotonic time of the last failed write, for PROBE_AFTER
         # Called after each batch: (jobs, seconds), for metrics.
         self.on_batch: Callable[[int, float], None] | None = None
         # Called per failed transaction: "transient" or "other", for metrics.
@@ -317,7 +322,9 @@ class GroupCommitWriter:
                 log.log(logging.WARNING if self.failures == 1 else logging.DEBUG, "store writer: %s", self.problem)
                 return
             log.warning("store writer: connected again")
-        if self.problem is not None and not self._pending:
+            self._failed_at = 0.0  # a fresh connection: probe it at once
+        due = time.monotonic() - self._failed_at >= PROBE_AFTER
+        if self.problem is not None and not self._pending and due:
             try:
                 await self.runner.execute(self._begin)
                 await self.runner.execute("COMMIT")
@@ -409,6 +416,7 @@ class GroupCommitWriter:
                     return await self._commit(batch, retry=False)
         self.problem = reason
         self.failures += 1
+        self._failed_at = time.monotonic()
         log.warning("store write failed (%s): %s", "outcome unknown" if committing else "not committed", reason)
         if committing:
             message = f"the store did not confirm this write ({reason}); retry with the same client_msg_id"
