@@ -535,7 +535,12 @@ class Held:
         if self._task.done():
             return False
         is_closed = getattr(self.raw, "is_closed", None)  # asyncpg tells; aiosqlite reports by failing
-        return not (is_closed is not None and is_closed())
+        if is_closed is None:
+            return True
+        try:
+            return not is_closed()
+        except Exception:  # noqa: BLE001 - the pool took back a connection that closed under us
+            return False
 
     async def close(self) -> None:
         self._done.set()

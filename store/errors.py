@@ -31,6 +31,10 @@ class StoreUnavailable(StoreError):
 _SQLITE_TRANSIENT = frozenset({5, 6, 10, 13, 14})
 _SQLITE_TRANSIENT_TEXT = ("database is locked", "database or disk is full", "disk i/o error", "unable to open")
 
+# asyncpg's words for a connection that closed under us (the pool takes a
+# closed one back, so a holder of it sees "released back to the pool").
+_PG_CLOSED_TEXT = ("connection is closed", "released back to the pool")
+
 
 def is_transient(exc: BaseException) -> bool:
     """Whether `exc` is a fault of the store's availability rather than a bug.
@@ -49,7 +53,7 @@ def is_transient(exc: BaseException) -> bool:
             | pg.OperatorInterventionError  # admin shutdown, crash shutdown, cannot connect now (57P)
             | pg.InsufficientResourcesError  # too many connections, disk full (53)
             | pg.ConnectionDoesNotExistError,
-        ) or (isinstance(exc, pg.InterfaceError) and "connection is closed" in str(exc))
+        ) or (isinstance(exc, pg.InterfaceError) and any(part in str(exc) for part in _PG_CLOSED_TEXT))
     if module.startswith("sqlite3") or module.startswith("aiosqlite"):
         code = getattr(exc, "sqlite_errorcode", None)
         if code is not None and code & 0xFF in _SQLITE_TRANSIENT:

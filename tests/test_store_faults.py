@@ -389,6 +389,9 @@ def test_faults_are_told_apart_from_bugs() -> None:
     assert is_transient(ConnectionRefusedError()) and loses_connection(ConnectionResetError())
     assert is_transient(pg.ConnectionDoesNotExistError("gone")) and loses_connection(pg.AdminShutdownError("bye"))
     assert is_transient(pg.CannotConnectNowError("starting up"))
+    assert loses_connection(
+        pg.InterfaceError("cannot call Connection.fetch(): connection has been released back to the pool")
+    )
     assert is_transient(StoreUnavailable("x"))
     # Bugs and bad data are not faults of the store.
     assert not is_transient(sqlite3.OperationalError("no such table: nope"))
