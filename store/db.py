@@ -520,7 +520,13 @@ class Held:
                 await done.wait()
 
         task = asyncio.create_task(hold(), name="store-connection")
-        await asyncio.wait({ready, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        try:
+            await asyncio.wait({ready, task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            # Not left holding a connection nobody will give back (the pool's close would wait for it).
+            done.set()
+            task.cancel()
+            raise
         if not ready.done():
             task.cancel()
             with contextlib.suppress(BaseException):
@@ -648,26 +654,38 @@ class Db:
         return await self.writer.submit(Batched(kind, item))
 
     async def _read(self, call: Callable[[Runner], Awaitable[T]]) -> T:
+        """A read; one that lost its connection runs once more on a fresh one
+        (a read repeats safely), so a connection that died while idle costs
+        the first read after an outage nothing."""
         try:
-            if self.is_sqlite:
-                reader = self._reader
-                if reader is None or not reader.alive():
-                    reader = await self._reopen_reader(reader)
-                try:
-                    return await call(reader.runner)
-                except Exception as exc:
-                    if loses_connection(exc) and self._reader is reader:
-                        self._reader = None  # the next read opens a fresh one
-                        await reader.close()
+            try:
+                return await self._read_once(call)
+            except Exception as exc:
+                if not loses_connection(exc):
                     raise
-            # The pool replaces a connection that died while idle or in use.
-            async with self.database.connection() as conn:
-                return await call(PgRunner(conn.raw_connection))
+                log.debug("store read lost its connection (%s): once more on a fresh one", describe(exc))
+                return await self._read_once(call)
         except StoreUnavailable:
             raise
         except Exception as exc:
             if is_transient(exc):
                 raise StoreUnavailable(f"the store is unavailable ({describe(exc)}); retry later") from exc
+            raise
+
+    async def _read_once(self, call: Callable[[Runner], Awaitable[T]]) -> T:
+        if not self.is_sqlite:
+            # The pool replaces a connection that closed while idle.
+            async with self.database.connection() as conn:
+                return await call(PgRunner(conn.raw_connection))
+        reader = self._reader
+        if reader is None or not reader.alive():
+            reader = await self._reopen_reader(reader)
+        try:
+            return await call(reader.runner)
+        except Exception as exc:
+            if loses_connection(exc) and self._reader is reader:
+                self._reader = None  # the next read opens a fresh one
+                await reader.close()
             raise
 
     async def _reopen_reader(self, old: Held | None) -> Held:

@@ -29,7 +29,13 @@ class StoreUnavailable(StoreError):
 # SQLite result codes that pass: busy/locked (another connection holds the
 # lock longer than busy_timeout), full disk, I/O error, file not openable.
 _SQLITE_TRANSIENT = frozenset({5, 6, 10, 13, 14})
-_SQLITE_TRANSIENT_TEXT = ("database is locked", "database or disk is full", "disk i/o error", "unable to open")
+_SQLITE_TRANSIENT_TEXT = (
+    "database is locked",
+    "database or disk is full",
+    "disk i/o error",
+    "unable to open",
+    "closed database",  # sqlite3's "Cannot operate on a closed database."
+)
 
 # asyncpg's words for a connection that closed under us (the pool takes a
 # closed one back, so a holder of it sees "released back to the pool").
@@ -60,8 +66,8 @@ def is_transient(exc: BaseException) -> bool:
             return True
         text = str(exc).lower()
         return any(part in text for part in _SQLITE_TRANSIENT_TEXT)
-    # aiosqlite raises ValueError once its connection thread has stopped.
-    return isinstance(exc, ValueError) and "no active connection" in str(exc)
+    # aiosqlite raises ValueError once its connection (and thread) has stopped.
+    return isinstance(exc, ValueError) and str(exc) in ("no active connection", "Connection closed")
 
 
 def loses_connection(exc: BaseException) -> bool:

@@ -379,6 +379,26 @@ async def test_sqlite_full_answers_unavailable_then_recovers(tmp_path: Path) -> 
         await store_is_whole(db)
 
 
+async def test_sqlite_connections_that_break_are_replaced(tmp_path: Path) -> None:
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r", [1])
+        db = srv.runtime.db
+        writer_link, reader_link = db.writer.link, db._reader
+        # Both of the server's long-lived connections stop under it.
+        await writer_link.raw.close()
+        await reader_link.raw.close()
+        async with chat(srv, "r", 1) as a:
+            # The connect reads (room, membership, snapshot) on a fresh reader.
+            assert (await a.expect("message_history"))["messages"] == []
+            # The write finds its connection gone before BEGIN: nothing was
+            # committed, so it runs again on a fresh connection and succeeds.
+            await a.send({"type": "chat_message", "content": "after", "client_msg_id": "z1"})
+            assert (await a.expect("chat_message"))["message"]["client_msg_id"] == "z1"
+        assert db.writer.link is not writer_link and db._reader is not reader_link
+        await eventually(lambda: _ready(srv.http), RECOVERY, "ready with the new connections")
+        assert [r[0] for r in await db.fetch_all("SELECT client_msg_id FROM messages")] == ["z1"]
+
+
 def test_faults_are_told_apart_from_bugs() -> None:
     import asyncpg.exceptions as pg
 
@@ -393,6 +413,8 @@ def test_faults_are_told_apart_from_bugs() -> None:
         pg.InterfaceError("cannot call Connection.fetch(): connection has been released back to the pool")
     )
     assert is_transient(StoreUnavailable("x"))
+    assert loses_connection(ValueError("Connection closed")) and not is_transient(ValueError("Connection"))
+    assert loses_connection(sqlite3.ProgrammingError("Cannot operate on a closed database."))
     # Bugs and bad data are not faults of the store.
     assert not is_transient(sqlite3.OperationalError("no such table: nope"))
     assert not is_transient(sqlite3.IntegrityError("UNIQUE constraint failed"))
