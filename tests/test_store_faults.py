@@ -399,6 +399,27 @@ async def test_sqlite_connections_that_break_are_replaced(tmp_path: Path) -> Non
         assert [r[0] for r in await db.fetch_all("SELECT client_msg_id FROM messages")] == ["z1"]
 
 
+async def test_a_broker_outage_shows_in_readiness_and_metrics(tmp_path: Path) -> None:
+    require("redis")
+    async with proxy_for(REDIS_URL) as proxy:
+        async with running(base_settings(tmp_path, broker_url=proxy.url(REDIS_URL))) as srv:
+            assert await _ready(srv.http)
+            assert "realtime_broker_up 1.0" in (await http("GET", f"{srv.http}/metrics")).text
+            async with proxy.outage(2):
+
+                async def broker_down() -> bool:
+                    status, body = await readiness(srv.http)
+                    return status == 503 and any(p.startswith("broker") for p in body["problems"])
+
+                await eventually(broker_down, 10, "readiness reports the broker")
+                assert "realtime_broker_up 0.0" in (await http("GET", f"{srv.http}/metrics")).text
+                # The store is fine meanwhile: only the broker is named.
+                _, body = await readiness(srv.http)
+                assert not [p for p in body["problems"] if p.startswith("store")], body
+            await eventually(lambda: _ready(srv.http), RECOVERY, "ready once Redis is back")
+            assert "realtime_broker_up 1.0" in (await http("GET", f"{srv.http}/metrics")).text
+
+
 def test_faults_are_told_apart_from_bugs() -> None:
     import asyncpg.exceptions as pg
 
@@ -422,3 +443,18 @@ def test_faults_are_told_apart_from_bugs() -> None:
     assert not is_transient(pg.UndefinedTableError("no table"))
     assert not is_transient(ValueError("bad"))
     assert not is_transient(KeyError("x"))
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "100000"])
+def test_a_bad_busy_timeout_names_the_variable(value: str) -> None:
+    from settings import SettingsError, from_env
+
+    with pytest.raises(SettingsError, match=r"^STORE_BUSY_TIMEOUT: .*(seconds|number)"):
+        from_env({"JWT_SECRET": "x" * 40, "STORE_BUSY_TIMEOUT": value})
+
+
+def test_the_busy_timeout_is_read_in_seconds() -> None:
+    from settings import from_env
+
+    assert from_env({"JWT_SECRET": "x" * 40, "STORE_BUSY_TIMEOUT": "0.25"}).store_busy_timeout == 0.25
+    assert from_env({"JWT_SECRET": "x" * 40}).store_busy_timeout == 10.0
