@@ -266,6 +266,8 @@ async def test_postgres_outage_in_process_loses_nothing_acknowledged(tmp_path: P
             await store_is_whole(srv.runtime.db)
             text = (await http("GET", f"{srv.http}/metrics")).text
             assert "realtime_store_writer_up 1.0" in text
+            # The outage was never taken for a bad job (no one-by-one replay of its batches).
+            assert 'realtime_store_write_errors_total{kind="other"}' not in text
 
 
 async def test_postgres_outage_across_two_processes(tmp_path: Path, pg_url: str) -> None:
@@ -333,6 +335,16 @@ async def test_sqlite_locked_answers_unavailable_then_recovers(tmp_path: Path) -
                 assert response.status_code == 503 and "retry-after" in response.headers, response.text
                 status, body = await readiness(srv.http)
                 assert status == 503 and any("locked" in p for p in body["problems"]), body
+                # An upload (outside the server API's wrapper) is 503 too, and leaves no file behind.
+                async with httpx.AsyncClient(timeout=15) as client:
+                    response = await client.post(
+                        f"{srv.http}/chat/messages/file/",
+                        files={"file": ("a.bin", b"data", "application/octet-stream")},
+                        data={"room_id": "r"},
+                        headers={"Authorization": f"Bearer {token(1)}"},
+                    )
+                assert response.status_code == 503 and "retry-after" in response.headers, response.text
+                assert not [f for f in settings.upload_dir.rglob("*") if f.is_file()]
             finally:
                 holder.execute("ROLLBACK")
                 holder.close()
