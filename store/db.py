@@ -228,11 +228,6 @@ class GroupCommitWriter:
         assert self.link is not None, "the store writer has no connection"
         return self.link.runner
 
-    @property
-    def is_up(self) -> bool:
-        """Holds a connection that looks alive."""
-        return self.link is not None and self.link.alive()
-
     def status(self) -> str | None:
         """Why writes fail now, or None while they work (for /readyz)."""
         if self.link is None:
