@@ -40,6 +40,7 @@ from events import presence
 from events.bus import Hub
 from settings import Settings, SettingsError, from_env
 from store.db import Db
+from store.errors import StoreUnavailable
 from store.streams import StreamLog
 
 log = logging.getLogger("realtime.server")
@@ -77,6 +78,11 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     problems = []
+    # Writes first: a store that answers reads but cannot commit is not ready.
+    writer = rt.db.writer
+    failing = writer.status() if writer is not None else "writer: not started"
+    if failing is not None:
+        problems.append(f"store {failing}")
     try:
         # Bounded: a store that hangs (a partition) must not hang the probe.
         await asyncio.wait_for(rt.db.ping(), READY_TIMEOUT)
@@ -94,6 +100,11 @@ async def readyz(request: Request) -> Response:
     return JSONResponse({"status": "ready"})
 
 
+async def store_unavailable(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StoreUnavailable)
+    return api.unavailable(exc)
+
+
 def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlette:
     """The app; `configure_logging=False` leaves logging to a host app that embeds it."""
     settings = settings.checked()
@@ -104,7 +115,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        db = Db(settings.database_url)
+        db = Db(settings.database_url, busy_timeout=settings.store_busy_timeout)
         await db.connect()
         if urlparse(settings.broker_url).scheme == "memory" and not await db.claim_sole_process():
             await db.disconnect()
@@ -169,7 +180,13 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     ]
     if settings.dev_mode:
         routes += dev.routes
-    return Starlette(routes=routes, lifespan=lifespan, middleware=[Middleware(SocketRoutes, routes=sockets)])
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        middleware=[Middleware(SocketRoutes, routes=sockets)],
+        # Every HTTP route, wrapped by `api.service` or not (uploads): a store fault is 503, not 500.
+        exception_handlers={StoreUnavailable: store_unavailable},
+    )
 
 
 def _app_from_env() -> Starlette:

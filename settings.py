@@ -65,6 +65,7 @@ class Settings:
     token_grace: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
+    store_busy_timeout: float = 10.0
 
     @property
     def jwt_key(self) -> str:
@@ -177,6 +178,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         token_grace=reader.float("TOKEN_GRACE", Settings.token_grace),
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),
         log_format=(reader.str("LOG_FORMAT") or "text").lower(),
+        store_busy_timeout=reader.float("STORE_BUSY_TIMEOUT", Settings.store_busy_timeout),
     )
     return settings.checked()
 

@@ -69,6 +69,7 @@ MEANINGS: dict[str, str] = {
     "TOKEN_GRACE": "seconds after `token_expiring` to send a fresh `auth`",
     "LOG_LEVEL": "`debug`, `info`, `warning`, `error`, `critical`",
     "LOG_FORMAT": "`text`, or `json` for one JSON object per line",
+    "STORE_BUSY_TIMEOUT": "seconds a SQLite write waits for another connection's lock before answering `unavailable`",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}

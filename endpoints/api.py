@@ -23,7 +23,7 @@ from endpoints.runtime import Runtime
 from events.frames import has_nul
 from store import revocations, rooms, users
 from store.db import new_id
-from store.errors import StoreError
+from store.errors import StoreError, StoreUnavailable
 
 UserId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 RoomId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
@@ -60,6 +60,16 @@ def error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
 
+RETRY_AFTER = "2"  # seconds: about how long the store's writer takes to reconnect
+
+
+def unavailable(exc: StoreUnavailable) -> JSONResponse:
+    """503 with `Retry-After`: the store is away for now; the caller retries."""
+    response = error(503, "unavailable", str(exc))
+    response.headers["Retry-After"] = RETRY_AFTER
+    return response
+
+
 def service(handler: Callable[[Request, Runtime], Awaitable[Response]]) -> Endpoint:
     """Check the service key, then map bad input and store errors to statuses."""
 
@@ -75,6 +85,8 @@ def service(handler: Callable[[Request, Runtime], Awaitable[Response]]) -> Endpo
             return await handler(request, runtime)
         except ApiError as exc:
             return error(exc.status, exc.code, str(exc))
+        except StoreUnavailable as exc:
+            return unavailable(exc)
         except StoreError as exc:
             status = {"not_found": 404, "forbidden": 403, "conflict": 409}.get(exc.code, 400)
             return error(status, exc.code, str(exc))

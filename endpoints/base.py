@@ -25,7 +25,7 @@ from events import errors, outbound
 from events.bus import Delivery
 from events.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
 from store import streams
-from store.errors import AccessEnded, StoreError
+from store.errors import AccessEnded, StoreError, StoreUnavailable
 
 log = logging.getLogger("realtime.ws")
 
@@ -130,6 +130,9 @@ class BaseEndpoint(WebSocketEndpoint):
             await self._serve()
         except Refused as refusal:
             self._close(refusal.code, refusal.reason)
+        except StoreUnavailable:
+            # Not a bug: the store is away for now; the client reconnects later (with `?since=`).
+            self._close(TRY_AGAIN, "store unavailable; try again later")
         except Exception:
             log.exception("%s socket of user %s failed", self.channel, self.user_id or "?")
             self._close(SERVER_ERROR, "server error")
@@ -337,7 +340,14 @@ class BaseEndpoint(WebSocketEndpoint):
         self.out.relay(delivery.frame, delivery.data)
 
     def resync(self) -> None:
-        self.spawn(self.catch_up(None))
+        self.spawn(self._resync())
+
+    async def _resync(self) -> None:
+        try:
+            await self.catch_up(None)
+        except StoreUnavailable:
+            # No snapshot to fill the gap: the client reconnects with `?since=` once the store is back.
+            self._close(TRY_AGAIN, "store unavailable; reconnect to resume")
 
     async def catch_up(self, since: int | None) -> None:
         """Replay the stream after `since` (or send a snapshot), holding live events back meanwhile."""

@@ -86,6 +86,13 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.store_errors = Counter(
+            "realtime_store_write_errors",
+            "Failed write transactions of the store's writer, by kind: `transient` (store away, locked, "
+            "full; answered `unavailable`) or `other` (a job's own error).",
+            ["kind"],
+            registry=r,
+        )
         self._in: dict[tuple[str, str], Any] = {}
         self._out: dict[str, Any] = {}
         self._errors: dict[str, Any] = {}
@@ -97,6 +104,7 @@ class Metrics:
         runtime.hub.on_fan_out = self.fan_out
         if runtime.db.writer is not None:
             runtime.db.writer.on_batch = self.store_batch
+            runtime.db.writer.on_fault = self.store_fault
         self.registry.register(_RuntimeCollector(runtime, sorted(set(channels))))
 
     # ---- what the core calls -------------------------------------------------------
@@ -137,6 +145,9 @@ class Metrics:
         self.store_jobs.observe(jobs)
         self.store_seconds.observe(seconds)
 
+    def store_fault(self, kind: str) -> None:
+        self.store_errors.labels(kind).inc()
+
     def _count_out(self, type_: str, n: int) -> None:
         child = self._out.get(type_)
         if child is None:
@@ -168,6 +179,17 @@ class _RuntimeCollector(Collector):
         )
         yield GaugeMetricFamily(
             "realtime_hub_topics", "Topics this process is subscribed to on the broker.", value=len(rt.hub.topics)
+        )
+        writer = rt.db.writer
+        yield GaugeMetricFamily(
+            "realtime_store_writer_up",
+            "1 while the store's writer holds a connection and its last write committed; 0 while writes fail.",
+            value=int(writer is not None and writer.status() is None),
+        )
+        yield GaugeMetricFamily(
+            "realtime_broker_up",
+            "1 while the broker (Redis) is connected and the hub listens; 0 otherwise. Always 1 with memory://.",
+            value=int(getattr(rt.hub.backend, "problem", None) is None and rt.hub.listening),
         )
         yield CounterMetricFamily(
             "realtime_broker_reconnects",

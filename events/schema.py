@@ -469,6 +469,8 @@ ERRORS: dict[str, str] = {
     errors.FORBIDDEN: "this user may not do that here",
     errors.RATE_LIMITED: "too many frames; slow down (sustained abuse closes with 1008)",
     errors.CONFLICT: "not in this state (starting twice, answering an answered request, a limit reached)",
+    errors.UNAVAILABLE: "the store is away for now (connection lost, locked, disk full): nothing of the frame was "
+    "acknowledged; retry later, with the same `client_msg_id`",
 }
 
 # What each client frame asks for (the structs in `events/` say what it holds);
