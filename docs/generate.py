@@ -62,6 +62,10 @@ MEANINGS: dict[str, str] = {
     "TOKEN_GRACE": "seconds after `token_expiring` to send a fresh `auth`",
     "LOG_LEVEL": "`debug`, `info`, `warning`, `error`",
     "LOG_FORMAT": "`text`, or `json` for one JSON object per line",
+    "SESSION_SECRET": "key of the WebSocket session cookie (32+ characters); unset, derived from `JWT_SECRET` "
+    "(with `JWT_PUBLIC_KEY` and no `SESSION_SECRET`, no session cookies)",
+    "SESSION_TTL": "seconds a session cookie lives (never past its access token's `exp`)",
+    "DRAIN_TIMEOUT": "seconds SIGTERM's drain may take before uvicorn's own shutdown goes on",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}

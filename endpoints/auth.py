@@ -91,3 +91,41 @@ def token_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) -> st
         if morsel is not None and morsel.value:
             return morsel.value
     return None
+
+
+def explicit_token(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+    """A token the client sent itself (`?token=` or `Authorization: Bearer`), not a cookie."""
+    token = query.get("token")
+    if token:
+        return token
+    scheme, _, value = headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def cookie_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a cookie may authenticate a request from `origin`: a browser sends
+    cookies with cross-site WebSocket handshakes too (cross-site WebSocket
+    hijacking), so only the server's own origin (same host) or one listed in
+    ALLOWED_ORIGINS may use them. No Origin (not a browser): no cookie."""
+    if not origin:
+        return False
+    if origin in allowed:
+        return True
+    return host is not None and _authority(origin) == _default_port_stripped(host.lower())
+
+
+def _authority(origin: str) -> str | None:
+    scheme, sep, rest = origin.lower().partition("://")
+    if not sep or scheme not in ("http", "https") or "/" in rest:
+        return None
+    return _default_port_stripped(rest, scheme)
+
+
+def _default_port_stripped(authority: str, scheme: str | None = None) -> str:
+    # `Host` omits the default port, and so does a browser's Origin; either may still spell it.
+    for name, port in (("http", ":80"), ("https", ":443")):
+        if scheme in (None, name) and authority.endswith(port):
+            return authority[: -len(port)]
+    return authority

@@ -11,6 +11,7 @@ from endpoints.auth import Identity, TokenVerifier
 from endpoints.chat_presence import ChatPresence
 from endpoints.limits import TokenBucket
 from endpoints.metrics import Metrics
+from endpoints.session import SessionCookies
 from events.bus import Hub
 from events.presence import MemoryPresence, Presence
 from settings import Settings
@@ -37,6 +38,12 @@ class Runtime:
     chat_presence: ChatPresence = field(default_factory=ChatPresence)
     # This app's Prometheus metrics (`GET /metrics`); create_app passes its own registry.
     metrics: Metrics = field(default_factory=Metrics)
+    # The WebSocket session cookie; None where it is off (see endpoints/session.py).
+    sessions: SessionCookies | None = None
+    # Set by the shutdown drain (endpoints/drain.py): new sockets are refused, new frames answered `unavailable`.
+    draining: bool = False
+    # Frames whose handler is running (a store write and its echo in flight).
+    handling: int = 0
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the

@@ -466,10 +466,10 @@ async def test_client_reconnects_resumes_and_deduplicates(tmp_path: Path, browse
     assert len(peer.paths) == 4, peer.paths
     queries = [query(path) for path in peer.paths]
     # The token on every connection (the fresh one once set), `since` = the last seq seen.
-    assert queries[0] == {"token": "first-token"}
-    assert queries[1] == {"token": "first-token", "since": "4"}
-    assert queries[2] == {"token": "second-token", "since": "5"}
-    assert queries[3] == {"token": "second-token", "since": "2"}  # after the resync's snapshot
+    assert queries[0] == {"token": "first-token", "resume": "1"}
+    assert queries[1] == {"token": "first-token", "resume": "1", "since": "4"}
+    assert queries[2] == {"token": "second-token", "resume": "1", "since": "5"}
+    assert queries[3] == {"token": "second-token", "resume": "1", "since": "2"}  # after the resync's snapshot
     # Sent while disconnected, delivered on the next connection; the token refresh; the heartbeat.
     assert {"type": "queued"} in peer.received[1]
     assert {"type": "auth", "token": "second-token"} in peer.received[1]
