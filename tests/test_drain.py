@@ -1,0 +1,217 @@
+"""SIGTERM on a real `uvicorn server:app` process: new sockets refused, the
+writes already taken committed and echoed, later frames answered
+`unavailable`, then 1012 to clients that resume and a dropped connection
+(no close frame) to the others; a restarted process serves what was stored."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import itertools
+import os
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from websockets.exceptions import InvalidStatus
+
+from tests.conftest import Client, token, ws
+from tests.procs import Proc, ready, start
+
+pytestmark = pytest.mark.timeout(120)
+
+ROOM = "deploy"
+
+
+def env(tmp_path: Path, **more: str) -> dict[str, str]:
+    return {
+        "DATABASE_URL": f"sqlite:///{tmp_path}/realtime.db",
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        # The traffic below is faster than a person types.
+        "RATE_LIMIT": "2000",
+        "RATE_BURST": "2000",
+        **more,
+    }
+
+
+async def make_room(proc: Proc, members: list[int]) -> None:
+    async with proc.api() as api:
+        response = await api.post("/api/rooms", json={"id": ROOM, "member_ids": members})
+        assert response.status_code == 201, response.text
+
+
+def chat_url(proc: Proc, user_id: int, **query: Any) -> str:
+    return proc.ws_url(f"/ws/chat/{ROOM}/", token=token(user_id, name=f"user{user_id}"), **query)
+
+
+async def handshake_only(proc: Proc, user_id: int) -> asyncio.StreamWriter:
+    """A client that opens a socket (as a resuming client) and then never reads
+    nor answers a close: its close handshake keeps the drain waiting."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+    key = base64.b64encode(os.urandom(16)).decode()
+    writer.write(
+        (
+            f"GET /ws/chat/{ROOM}/?token={token(user_id)}&resume=1 HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{proc.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return writer
+
+
+def stopped(proc: Proc) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except Exception:
+        proc.kill()
+        raise
+
+
+async def test_sigterm_refuses_new_sockets_then_closes_each_kind_its_way(tmp_path: Path) -> None:
+    proc = start(env(tmp_path, DRAIN_TIMEOUT="6"), tmp_path / "server.log")
+    try:
+        await ready(proc)
+        await make_room(proc, [1, 2, 3])
+        async with (
+            ws(chat_url(proc, 1, resume=1)) as own,
+            ws(chat_url(proc, 2)) as seed_style,
+            ws(chat_url(proc, 3, since=0)) as resuming,
+        ):
+            for client in (own, seed_style):
+                await client.expect("message_history")
+            await resuming.send({"type": "ping"})  # `since` replays (nothing yet) instead of a history
+            await resuming.expect("pong")
+            stuck = await handshake_only(proc, 1)
+            proc.terminate()
+            assert await own.closed() == 1012
+            assert own.conn.close_reason == "server restarting"
+            assert await resuming.closed() == 1012
+            assert await seed_style.closed() == 1006
+            # No close frame: the connection just went away, which a browser reports as unclean.
+            assert seed_style.conn.protocol.close_rcvd is None
+            # The drain waits for the stuck socket's close handshake: new sockets are refused meanwhile.
+            with pytest.raises(InvalidStatus) as refused:
+                async with ws(chat_url(proc, 1, resume=1)):
+                    pass
+            assert refused.value.response.status_code == 503
+            async with httpx.AsyncClient() as client:
+                readyz = await client.get(f"{proc.http}/readyz")
+            assert readyz.status_code == 503 and "draining" in readyz.text
+            assert proc.popen.poll() is None
+            stuck.close()
+        assert proc.wait(20) in (0, -15)
+    finally:
+        proc.kill()
+    log = proc.output()
+    assert "draining: new sockets refused" in log
+    assert "2 socket(s) closed with 1012, 1 dropped" in log
+    assert "Application shutdown complete" in log
+
+
+class Sender:
+    """A client that sends numbered chat messages back to back and records what
+    came back: echoes (its own messages) and `error` frames, by client_msg_id."""
+
+    def __init__(self, client: Client, user_id: int, name: str) -> None:
+        self.client = client
+        self.user_id = user_id
+        self.name = name
+        self.sent: list[str] = []
+        self.echoed: set[str] = set()
+        self.errors: dict[str, str] = {}
+
+    async def send_until_closed(self) -> None:
+        for i in itertools.count():
+            msg_id = f"{self.name}-{i}"
+            try:
+                await self.client.send({"type": "chat_message", "content": msg_id, "client_msg_id": msg_id})
+            except Exception:  # the server went away: what was sent is what counts
+                return
+            self.sent.append(msg_id)
+            await asyncio.sleep(0.003)
+
+    async def read_until_closed(self) -> None:
+        with contextlib.suppress(Exception):
+            while True:
+                frame = await self.client.recv(timeout=30)
+                if frame["type"] == "chat_message" and frame["message"]["sender"]["id"] == self.user_id:
+                    self.echoed.add(frame["message"]["client_msg_id"])
+                elif frame["type"] == "error":
+                    self.errors[frame["client_msg_id"]] = frame["code"]
+
+
+async def test_sigterm_during_traffic_keeps_every_acknowledged_message(tmp_path: Path) -> None:
+    settings = env(tmp_path)
+    first = start(settings, tmp_path / "first.log")
+    try:
+        await ready(first)
+        await make_room(first, [1, 2, 3])
+        async with (
+            ws(chat_url(first, 1, resume=1)) as own,
+            ws(chat_url(first, 2)) as seed_style,
+            ws(chat_url(first, 3, resume=1)) as listener,
+        ):
+            for client in (own, seed_style, listener):
+                await client.expect("message_history")
+            senders = [Sender(own, 1, "own"), Sender(seed_style, 2, "seed")]
+            heard: list[dict[str, Any]] = []
+
+            async def listen() -> None:
+                with contextlib.suppress(Exception):
+                    while True:
+                        frame = await listener.recv(timeout=30)
+                        if frame["type"] == "chat_message":
+                            heard.append(frame)
+
+            tasks = [asyncio.ensure_future(s.send_until_closed()) for s in senders]
+            tasks += [asyncio.ensure_future(s.read_until_closed()) for s in senders]
+            tasks.append(asyncio.ensure_future(listen()))
+            # Traffic flowing both ways, then the deploy's SIGTERM in the middle of it.
+            for _ in range(200):
+                if all(len(s.echoed) >= 20 for s in senders):
+                    break
+                await asyncio.sleep(0.05)
+            first.terminate()
+            await asyncio.wait_for(asyncio.gather(*tasks), 30)
+            assert own.conn.close_code == 1012 and listener.conn.close_code == 1012
+            assert seed_style.conn.close_code == 1006 and seed_style.conn.protocol.close_rcvd is None
+        assert first.wait(20) in (0, -15)
+    finally:
+        first.kill()
+
+    with sqlite3.connect(tmp_path / "realtime.db") as db:
+        stored = {row[0]: row[1] for row in db.execute("SELECT content, seq FROM messages WHERE room_id = ?", (ROOM,))}
+    for sender in senders:
+        assert len(sender.echoed) >= 20, (sender.name, len(sender.echoed))
+        mine = {content for content in stored if content.startswith(sender.name + "-")}
+        # Every echoed message is stored; nothing stored went unacknowledged.
+        assert sender.echoed <= mine, sorted(sender.echoed - mine)
+        assert mine <= sender.echoed, sorted(mine - sender.echoed)
+        # What was refused says so, and is not stored.
+        assert set(sender.errors.values()) <= {"unavailable"}, sender.errors
+        assert not set(sender.errors) & mine
+        # The rest of what was sent: neither echoed nor refused, so the client knows it was not taken.
+        assert set(sender.sent) >= sender.echoed | set(sender.errors)
+    # One of them at least got frames answered `unavailable` or cut off unread.
+    assert any(set(s.sent) - s.echoed for s in senders)
+
+    # The next process on the same port and file: the listener resumes and has every stored message.
+    second = start(settings, tmp_path / "second.log", first.port)
+    try:
+        await ready(second)
+        last = max((f["seq"] for f in heard), default=0)
+        async with ws(chat_url(second, 3, resume=1, since=last)) as listener:
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    frame = await listener.recv(timeout=1)
+                    if frame["type"] == "chat_message":
+                        heard.append(frame)
+        assert sorted(f["seq"] for f in heard) == sorted(stored.values())
+    finally:
+        stopped(second)
