@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,9 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from websockets.asyncio.server import serve
 
-from tests.conftest import IN_CI, SERVICE_KEY, free_port, ws
-from tests.procs import Proc, ready, start
+from tests.conftest import IN_CI, SERVICE_KEY, free_port, token, ws
+from tests.procs import REDIS_URL, Proc, ready, require, start
+from tests.seed_client import manager_script
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox (root in CI), no GPU, and nothing that phones home or updates itself.
@@ -474,3 +477,138 @@ async def test_client_reconnects_resumes_and_deduplicates(tmp_path: Path, browse
     assert {"type": "queued"} in peer.received[1]
     assert {"type": "auth", "token": "second-token"} in peer.received[1]
     assert any(frame == {"type": "ping"} for frames in peer.received for frame in frames)
+
+
+SEED_ROOM = "seed-room"
+# The seed's `WebSocketConnection`/`wsManager` (tests/seed_client.py), driven the
+# way its `useChatWebSocket` hook drives them: `connect(token)`, the `message`
+# handler (`message_history` replaces the list, `chat_message` appends), `send`.
+SEED_PAGE = """<!doctype html><meta charset="utf-8"><title>seed client</title><script>
+window.process = { env: { NEXT_PUBLIC_WS_URL: %(ws_base)s } };
+%(manager)s
+window.seen = { connected: 0, disconnected: 0, messages: [], via: {} };
+const connection = wsManager.getConnection('chat', %(room)s);
+connection.on('connected', () => seen.connected++);
+connection.on('disconnected', () => seen.disconnected++);
+connection.on('message', (data) => {
+  switch (data.type) {
+    case 'chat_message':
+      seen.messages = [...seen.messages, data.message];
+      seen.via[data.message.content] ??= 'live';
+      break;
+    case 'message_history':
+      seen.messages = data.messages;
+      for (const m of data.messages) seen.via[m.content] ??= 'history';
+      break;
+  }
+});
+// As the seed's consultation hook does: a socket error is reported, not thrown.
+connection.on('error', () => {});
+connection.connect(%(token)s);
+window.sendMessage = (content) => connection.send({ type: 'chat_message', content, message_type: 'text' });
+</script>
+"""
+
+
+class SeedPage:
+    html = ""
+
+
+async def serve_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The one page, over HTTP/1.1, for any request: the platform's web app, in short."""
+    with contextlib.suppress(Exception):
+        await reader.readuntil(b"\r\n\r\n")
+        body = SeedPage.html.encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+    writer.close()
+
+
+def contents(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["content"] for m in messages]
+
+
+async def test_the_seed_client_comes_back_after_a_rolling_restart(tmp_path: Path, browser: Browser) -> None:
+    """The platform's own client reconnects only after an unclean close, and
+    without its token: the drain drops its connection (no close frame) and the
+    session cookie authenticates the token-less reconnect to the new process."""
+    require("redis")
+    page_server = await asyncio.start_server(serve_page, "127.0.0.1", 0)
+    page_origin = f"http://127.0.0.1:{page_server.sockets[0].getsockname()[1]}"
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path}/realtime.db",
+        "BROKER_URL": REDIS_URL,
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        # The platform's pages are on their own origin: the one allowed to use the cookie.
+        "ALLOWED_ORIGINS": page_origin,
+    }
+    first, other = start(env, tmp_path / "first.log"), start(env, tmp_path / "other.log")
+    second: Proc | None = None
+    try:
+        await asyncio.gather(ready(first), ready(other))
+        async with first.api() as api:
+            reply = await api.post("/api/rooms", json={"id": SEED_ROOM, "member_ids": [1, 2]})
+            assert reply.status_code == 201, reply.text
+        SeedPage.html = SEED_PAGE % {
+            "ws_base": json.dumps(f"ws://127.0.0.1:{first.port}/ws"),
+            "manager": manager_script(),
+            "room": json.dumps(SEED_ROOM),
+            "token": json.dumps(token(1, name="Dr. Kim")),
+        }
+        context = await browser.new_context()
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        await page.goto(f"{page_origin}/chat")
+        await page.wait_for_function("seen.connected === 1", timeout=WAIT_MS)
+        await page.evaluate("sendMessage('before the deploy')")
+        await page.wait_for_function("seen.messages.length === 1", timeout=WAIT_MS)
+
+        cookie = next(c for c in await context.cookies() if c["name"] == "realtime_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ws", cookie
+        assert not cookie["secure"] and 0 < cookie["expires"] - time.time() <= 900
+        assert await page.evaluate("document.cookie") == ""  # HttpOnly: out of the page's scripts' reach
+
+        async with ws(other.ws_url(f"/ws/chat/{SEED_ROOM}/", token=token(2, name="Minji"), resume=1)) as minji:
+            history = await minji.expect("message_history")
+            assert contents(history["messages"]) == ["before the deploy"]
+            first.terminate()
+            # The drain drops the seed client's connection: unclean, so it schedules a reconnect.
+            await page.wait_for_function("seen.disconnected === 1", timeout=WAIT_MS)
+            await minji.send({"type": "chat_message", "content": "while you were away"})
+            await minji.expect("chat_message")
+            # Sent while disconnected: the seed client queues it and flushes it on reopening.
+            await page.evaluate("sendMessage('queued while away')")
+            assert first.wait(20) in (0, -signal.SIGTERM)
+
+            second = start(env, tmp_path / "second.log", first.port)
+            await ready(second)
+            await page.wait_for_function("seen.connected === 2", timeout=30_000)
+            expected = ["before the deploy", "while you were away", "queued while away"]
+            await page.wait_for_function(
+                f"seen.messages.map((m) => m.content).join('|') === {json.dumps('|'.join(expected))}"
+            )
+            via = await page.evaluate("seen.via")
+            assert via["while you were away"] == "history", via
+            assert via["queued while away"] == "live", via
+            # Minji (on the other process all along) got the flushed one, sent as Dr. Kim.
+            frame = await minji.expect("chat_message", timeout=WAIT_MS)
+            assert frame["message"]["content"] == "queued while away"
+            assert frame["message"]["sender"]["id"] == 1 and frame["message"]["sender"]["name"] == "Dr. Kim"
+        # The reconnect carried no token: the session cookie authenticated it.
+        assert f'"WebSocket /ws/chat/{SEED_ROOM}/" [accepted]' in second.output(), second.output()
+        assert "token=" not in second.output()
+        assert problems == [], problems
+        await context.close()
+    finally:
+        page_server.close()
+        for proc in (first, other, second):
+            if proc is not None:
+                proc.terminate()
+        for proc in (first, other, second):
+            if proc is not None:
+                try:
+                    proc.wait(15)
+                except Exception:
+                    proc.kill()
