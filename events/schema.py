@@ -450,6 +450,8 @@ PARAMETERS: dict[str, str] = {
 
 CLOSE_CODES: dict[int, str] = {
     1000: "normal close",
+    1006: "(never sent: what a client reports when the connection ends without a close frame) a server restart, "
+    "to a socket opened without `?since=` or `?resume=1`: the platform's client reconnects only after an unclean close",
     1008: "policy: sustained rate-limit abuse, Origin not allowed, too many sockets for the user",
     1009: "frame larger than MAX_FRAME_BYTES",
     1011: "unexpected server error (never for bad input)",
