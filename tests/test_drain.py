@@ -10,6 +10,7 @@ import base64
 import contextlib
 import itertools
 import os
+import signal
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,10 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from tests.conftest import Client, token, ws
+from endpoints.drain import Drain
+from endpoints.fastpath import drop_connection
+from endpoints.runtime import Runtime
+from tests.conftest import Client, base_settings, token, ws
 from tests.procs import Proc, ready, start
 
 pytestmark = pytest.mark.timeout(120)
@@ -215,3 +219,43 @@ async def test_sigterm_during_traffic_keeps_every_acknowledged_message(tmp_path:
         assert sorted(f["seq"] for f in heard) == sorted(stored.values())
     finally:
         stopped(second)
+
+
+def test_drop_connection_closes_uvicorns_transport_and_declines_elsewhere() -> None:
+    class Transport:
+        closed = 0
+
+        def is_closing(self) -> bool:
+            return self.closed > 0
+
+        def close(self) -> None:
+            self.closed += 1
+
+    class Protocol:
+        def __init__(self) -> None:
+            self.transport = Transport()
+
+        async def send(self, message: dict[str, Any]) -> None:
+            pass
+
+    protocol = Protocol()
+    assert drop_connection(protocol.send) is True
+    assert drop_connection(protocol.send) is True  # already closing: closed once
+    assert protocol.transport.closed == 1
+    # A plain function (another server, TestClient), or a protocol without a transport: a clean close instead.
+    assert drop_connection(lambda message: None) is False
+    assert drop_connection(None) is False
+    bare = Protocol()
+    bare.transport = None  # type: ignore[assignment]
+    assert drop_connection(bare.send) is False
+
+
+async def test_the_drain_stays_off_without_uvicorns_signal_handlers(tmp_path: Path) -> None:
+    # Here (pytest's main thread) SIGTERM has its default handler: nothing to chain onto.
+    runtime = Runtime(base_settings(tmp_path), None, None, None)  # type: ignore[arg-type]
+    before = signal.getsignal(signal.SIGTERM)
+    drain = Drain(runtime, 1.0)
+    assert drain.install() is False
+    assert signal.getsignal(signal.SIGTERM) is before
+    drain.uninstall()
+    assert signal.getsignal(signal.SIGTERM) is before
