@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from http.cookies import SimpleCookie
 from typing import Any
 
@@ -27,6 +28,7 @@ from endpoints.auth import AuthError, Identity, identity_from
 from settings import Settings
 
 COOKIE = "realtime_session"
+ACCESS_EXP = "access_exp"
 TOKEN_TYPE = "ws_session"
 ALGORITHM = "HS256"
 # Only the WebSocket paths get it: the HTTP API never sees it.
@@ -55,7 +57,15 @@ class SessionCookies:
         now = int(time.time())
         # Never past the access token it stands for.
         expires = min(now + int(self._ttl), identity.expires_at)
-        claims: dict[str, Any] = {"user_id": identity.user_id, "iat": now, "exp": expires, "token_type": TOKEN_TYPE}
+        claims: dict[str, Any] = {
+            "user_id": identity.user_id,
+            "iat": now,
+            "exp": expires,
+            "token_type": TOKEN_TYPE,
+            # The access token's own expiry: a socket the cookie opens lives as
+            # long as one the token opened would (TOKEN_EXPIRY=close), no longer.
+            ACCESS_EXP: identity.expires_at,
+        }
         for name in ("name", "role", "profile_image"):
             value = getattr(identity, name)
             if value is not None:
@@ -80,9 +90,13 @@ class SessionCookies:
         if claims.get("token_type") != TOKEN_TYPE:
             raise AuthError("session cookie: not a session token")
         try:
-            return identity_from(claims)
+            identity = identity_from(claims)
         except AuthError as exc:
             raise AuthError(f"session cookie: {exc}") from None
+        access_exp = claims.get(ACCESS_EXP)
+        if isinstance(access_exp, int) and not isinstance(access_exp, bool) and access_exp >= identity.expires_at:
+            identity = replace(identity, expires_at=access_exp)
+        return identity
 
 
 def cookie_value(header: str | None, name: str) -> str | None:

@@ -12,8 +12,8 @@ import jwt
 import pytest
 from websockets.asyncio.client import connect
 
-from endpoints.auth import cookie_origin_allowed
-from endpoints.session import COOKIE, TOKEN_TYPE, cookie_value, session_key
+from endpoints.auth import Identity, cookie_origin_allowed
+from endpoints.session import COOKIE, TOKEN_TYPE, SessionCookies, cookie_value, session_key
 from settings import Settings, SettingsError, from_env
 from tests.conftest import SECRET, Client, Server, base_settings, running, token
 
@@ -263,3 +263,16 @@ def test_cookie_origin_rule(origin: str | None, host: str | None, allowed: tuple
 def test_the_cookie_is_found_among_others() -> None:
     assert cookie_value(f"a=1; {COOKIE}=abc.def.ghi; b=2", COOKIE) == "abc.def.ghi"
     assert cookie_value("a=1", COOKIE) is None and cookie_value(None, COOKIE) is None
+
+
+def test_a_cookie_opened_socket_lives_as_long_as_the_access_token() -> None:
+    sessions = SessionCookies(b"k" * 32, ttl=60)
+    access_exp = int(time.time()) + HOUR
+    identity = Identity(user_id=7, name="Kim", role="expert", profile_image=None, expires_at=access_exp)
+    _, header = sessions.set_cookie(identity, secure=True)
+    assert header.endswith(b"; Secure")
+    value = header.decode().split(";")[0].split("=", 1)[1]
+    back = sessions.identity({"cookie": f"{COOKIE}={value}"})
+    # The cookie itself is good for a minute; the socket it opens, for the token's hour (TOKEN_EXPIRY=close).
+    assert back == identity
+    assert jwt.decode(value, b"k" * 32, algorithms=["HS256"])["exp"] <= time.time() + 60
