@@ -15,7 +15,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-SEED = Path("/work/shared/seed/websocket-realtime-guide.ko.md")
+# A verbatim copy of the platform's guide (tests/test_browser.py checks it
+# against the original where that is at hand).
+SEED = Path(__file__).resolve().parent / "seed" / "websocket-realtime-guide.ko.md"
+ORIGINAL = Path("/work/shared/seed/websocket-realtime-guide.ko.md")
 MANAGER_FILE = "// lib/websocket/WebSocketManager.ts"
 
 # What a Next.js bundle gives `import EventEmitter from 'events'`: the parts the block uses.
@@ -96,7 +99,8 @@ def _line(line: str) -> str:
                 continue
             return f"{indent}{name}({', '.join(_parameter(p.strip()) for p in params.split(',') if p.strip())}) {{"
         return pattern.sub(replacement, line)
-    if re.search(r"\b(private|public|interface)\b|\w: (string|number|boolean|void)\b|\)!", line):
+    unknown = r"\b(private|public|protected|readonly|abstract|interface|enum|declare|namespace|implements)\b"
+    if re.search(unknown + r"|^\s*type \w+ =|\w: (string|number|boolean|void|any)\b|\)!| as [A-Z]\w*", line):
         raise ValueError(f"a TypeScript construct the transform does not know: {line.strip()}")
     return line
 

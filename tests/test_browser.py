@@ -21,7 +21,7 @@ from websockets.asyncio.server import serve
 
 from tests.conftest import IN_CI, SERVICE_KEY, free_port, token, ws
 from tests.procs import REDIS_URL, Proc, ready, require, start
-from tests.seed_client import manager_script
+from tests.seed_client import MANAGER_FILE, ORIGINAL, SEED, manager_script, strip_types, typescript_block
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox (root in CI), no GPU, and nothing that phones home or updates itself.
@@ -612,3 +612,21 @@ async def test_the_seed_client_comes_back_after_a_rolling_restart(tmp_path: Path
                     proc.wait(15)
                 except Exception:
                     proc.kill()
+
+
+def test_the_seed_guide_copy_is_the_original() -> None:
+    if not ORIGINAL.exists():
+        pytest.skip(f"{ORIGINAL} is not on this machine")
+    assert SEED.read_bytes() == ORIGINAL.read_bytes()
+
+
+def test_the_type_stripping_keeps_the_code_and_refuses_what_it_does_not_know() -> None:
+    script = manager_script()
+    source = typescript_block(MANAGER_FILE)
+    # Every statement line of the seed is there, only its annotations gone.
+    for line in ("if (!event.wasClean) {", "this.connect();", "this.flushMessageQueue();", "const delay ="):
+        assert line in source and line in script, line
+    assert "private " not in script and ": void" not in script and "interface" not in script
+    for unknown in ("  private x?: number;", "  enum Mode { A }", "  const ws = socket as WebSocket;"):
+        with pytest.raises(ValueError):
+            strip_types(unknown)
