@@ -127,7 +127,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             presence=presence.for_settings(settings),
             chat_presence=ChatPresence.for_settings(settings),
             metrics=app_metrics,
-            sessions=session_cookies(settings),
+            sessions=session_cookies(settings, verifier),
         )
         if runtime.sessions is None:
             log.warning(

@@ -17,7 +17,7 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from endpoints.auth import AuthError, Identity, cookie_origin_allowed, explicit_token, token_from_scope
+from endpoints.auth import AuthError, Identity, token_from_scope
 from endpoints.fastpath import RAW_SEND, adopt, direct_writer, drop_connection
 from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
 from endpoints.outbound import Outbound
@@ -93,7 +93,8 @@ class BaseEndpoint(WebSocketEndpoint):
             await _refuse_while_draining(websocket)
             return
         # Accept first: a close before accept reaches a browser as a bare HTTP 403.
-        await websocket.accept(headers=self._session_cookie(websocket))
+        sessions = self.rt.sessions
+        await websocket.accept(headers=sessions.on_handshake(websocket) if sessions is not None else None)
         send = self.scope.get(RAW_SEND, self.send)
         # After the handshake: only then can the direct write be had.
         self.receive = adopt(send) or self.receive
@@ -136,38 +137,14 @@ class BaseEndpoint(WebSocketEndpoint):
         finally:
             await self._cleanup()
 
-    def _session_cookie(self, websocket: WebSocket) -> list[tuple[bytes, bytes]]:
-        """The session cookie for the handshake's response, for a socket whose
-        client sent its token itself and whose Origin may use the cookie."""
-        sessions = self.rt.sessions
-        token = explicit_token(websocket.query_params, websocket.headers) if sessions is not None else None
-        if token is None or not self._cookie_origin_ok(websocket):
-            return []
-        try:
-            identity = self.rt.verifier.verify(token)
-        except AuthError:
-            return []  # refused with 4001 once accepted
-        return [sessions.set_cookie(identity, secure=self.scope.get("scheme") == "wss")]  # type: ignore[union-attr]
-
     def _session_identity(self, websocket: WebSocket) -> Identity | None:
         """The identity in the session cookie, if there is one and it may be used here;
         else None, with the reason kept for the 4001 should no `auth` frame follow."""
-        sessions = self.rt.sessions
-        if sessions is None:
-            return None
         try:
-            identity = sessions.identity(websocket.headers)
+            return self.rt.sessions.authenticate(websocket) if self.rt.sessions is not None else None
         except AuthError as exc:
             self.cookie_refused = _reason(exc)
             return None
-        if identity is not None and not self._cookie_origin_ok(websocket):
-            self.cookie_refused = "session cookie not accepted from this origin"
-            return None
-        return identity
-
-    def _cookie_origin_ok(self, websocket: WebSocket) -> bool:
-        headers = websocket.headers
-        return cookie_origin_allowed(headers.get("origin"), headers.get("host"), self.rt.settings.allowed_origins)
 
     def _verify(self, token: str) -> Identity | None:
         try:

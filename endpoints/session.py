@@ -23,8 +23,9 @@ from http.cookies import SimpleCookie
 from typing import Any
 
 import jwt
+from starlette.requests import HTTPConnection
 
-from endpoints.auth import AuthError, Identity, identity_from
+from endpoints.auth import AuthError, Identity, TokenVerifier, cookie_origin_allowed, explicit_token, identity_from
 from settings import Settings
 
 COOKIE = "realtime_session"
@@ -48,9 +49,36 @@ def session_key(settings: Settings) -> bytes | None:
 
 
 class SessionCookies:
-    def __init__(self, key: bytes, ttl: float) -> None:
+    def __init__(
+        self, key: bytes, ttl: float, verifier: TokenVerifier | None = None, allowed_origins: tuple[str, ...] = ()
+    ) -> None:
         self._key = key
         self._ttl = ttl
+        self._verifier = verifier
+        self._allowed = allowed_origins
+
+    def on_handshake(self, conn: HTTPConnection) -> list[tuple[bytes, bytes]]:
+        """The headers for the handshake's response: the cookie, for a client
+        that sent a valid token itself from an Origin that may use cookies."""
+        token = explicit_token(conn.query_params, conn.headers)
+        if token is None or self._verifier is None or not self._origin_ok(conn):
+            return []
+        try:
+            identity = self._verifier.verify(token)
+        except AuthError:
+            return []  # the socket is refused with 4001 once accepted
+        return [self.set_cookie(identity, secure=conn.scope.get("scheme") == "wss")]
+
+    def authenticate(self, conn: HTTPConnection) -> Identity | None:
+        """The identity in the handshake's session cookie; None without one;
+        AuthError for one that is bad or comes from an Origin that may not use it."""
+        identity = self.identity(conn.headers)
+        if identity is not None and not self._origin_ok(conn):
+            raise AuthError("session cookie not accepted from this origin")
+        return identity
+
+    def _origin_ok(self, conn: HTTPConnection) -> bool:
+        return cookie_origin_allowed(conn.headers.get("origin"), conn.headers.get("host"), self._allowed)
 
     def set_cookie(self, identity: Identity, secure: bool) -> tuple[bytes, bytes]:
         """The `Set-Cookie` header for a socket that has just authenticated as `identity`."""
@@ -111,6 +139,6 @@ def cookie_value(header: str | None, name: str) -> str | None:
     return morsel.value if morsel is not None and morsel.value else None
 
 
-def for_settings(settings: Settings) -> SessionCookies | None:
+def for_settings(settings: Settings, verifier: TokenVerifier) -> SessionCookies | None:
     key = session_key(settings)
-    return None if key is None else SessionCookies(key, settings.session_ttl)
+    return None if key is None else SessionCookies(key, settings.session_ttl, verifier, settings.allowed_origins)
