@@ -11,7 +11,9 @@ the lifespan chains this handler in front of them. On the first signal:
    echoed; frames read from now on are answered with `error` `unavailable`;
 3. close the sockets: 1012 to clients that resume (`?since=`, `?resume=1`),
    the connection dropped without a close frame for the others (the
-   platform's client reconnects only after an unclean close);
+   platform's client reconnects only after an unclean close); at the
+   deadline, connections still open (a peer that never answers the close)
+   are aborted;
 4. hand the signal to uvicorn, whose shutdown (listeners closed, the lifespan's
    shutdown: the store writer commits what it holds) then exits.
 
@@ -30,6 +32,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from endpoints.fastpath import RAW_SEND, drop_connection
 from endpoints.runtime import Runtime
 
 log = logging.getLogger("realtime.drain")
@@ -109,7 +112,12 @@ class Drain:
                 dropped += 1
         log.info("drain: %d socket(s) closed with 1012, %d dropped for their client to reconnect", resumed, dropped)
         # Each socket's task leaves its topics and the registry once its close is through.
-        await _until(lambda: not rt.sockets, deadline)
+        if not await _until(lambda: not rt.sockets, deadline):
+            # A peer that does not answer the close (or stopped reading) must not hold the exit up.
+            left = [e for sockets in rt.sockets.values() for e in sockets]
+            for endpoint in left:
+                drop_connection(endpoint.scope.get(RAW_SEND), abort=True)
+            log.warning("drain: %d socket(s) still open after %gs: connections aborted", len(left), self.timeout)
 
 
 def _is_uvicorns(handler: Any) -> bool:

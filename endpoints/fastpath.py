@@ -229,17 +229,19 @@ def adopt(send: Any) -> Receive | None:
     return receive
 
 
-def drop_connection(send: Any) -> bool:
+def drop_connection(send: Any, abort: bool = False) -> bool:
     """End the connection without a WebSocket close frame (a browser then
     reports `wasClean: false`): close the transport, which still writes what
-    it holds (the last echoes) before its FIN. Under uvicorn, whose WebSocket
+    it holds (the last echoes) before its FIN, or with `abort` discard that
+    and reset it (a peer that stopped reading). Under uvicorn, whose WebSocket
     protocols (sans-I/O, legacy websockets, wsproto) each keep their asyncio
     transport as `transport` on the object whose bound `send` the app got.
     False under any other server, which then gets a clean close instead."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
-    close = getattr(transport, "close", None)  # asyncio's transports and uvloop's alike
+    # asyncio's transports and uvloop's alike
+    close = getattr(transport, "abort" if abort else "close", None)
     if transport is None or not callable(close) or not callable(getattr(transport, "is_closing", None)):
         return False
-    if not transport.is_closing():
+    if abort or not transport.is_closing():
         close()
     return True

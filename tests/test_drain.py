@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import os
 import signal
+import socket
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -51,21 +52,37 @@ def chat_url(proc: Proc, user_id: int, **query: Any) -> str:
     return proc.ws_url(f"/ws/chat/{ROOM}/", token=token(user_id, name=f"user{user_id}"), **query)
 
 
-async def handshake_only(proc: Proc, user_id: int) -> asyncio.StreamWriter:
-    """A client that opens a socket (as a resuming client) and then never reads
-    nor answers a close: its close handshake keeps the drain waiting."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", proc.port)
+async def stalled_reader(proc: Proc, room: str, user_id: int) -> asyncio.StreamWriter:
+    """A seed-style socket (no `resume`) whose client stops reading after its
+    first bytes, with a small receive buffer: what the server then writes to
+    it piles up in the server's transport."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", proc.port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=4096)
     key = base64.b64encode(os.urandom(16)).decode()
     writer.write(
         (
-            f"GET /ws/chat/{ROOM}/?token={token(user_id)}&resume=1 HTTP/1.1\r\n"
+            f"GET /ws/chat/{room}/?token={token(user_id)} HTTP/1.1\r\n"
             f"Host: 127.0.0.1:{proc.port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
         ).encode()
     )
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     assert head.startswith(b"HTTP/1.1 101"), head
+    # The first bytes of `message_history`: the socket has joined its room.
+    assert await asyncio.wait_for(reader.read(2), 5)
     return writer
+
+
+async def flood(proc: Proc, room: str, user_id: int, count: int) -> None:
+    """`count` large messages into `room`, each committed (echoed) before the next."""
+    async with ws(proc.ws_url(f"/ws/chat/{room}/", token=token(user_id), resume=1)) as sender:
+        await sender.expect("message_history")
+        for i in range(count):
+            await sender.send({"type": "chat_message", "content": f"{i:05d}" + "x" * 9000})
+            await sender.expect("chat_message")
 
 
 def stopped(proc: Proc) -> None:
@@ -78,10 +95,16 @@ def stopped(proc: Proc) -> None:
 
 
 async def test_sigterm_refuses_new_sockets_then_closes_each_kind_its_way(tmp_path: Path) -> None:
-    proc = start(env(tmp_path, DRAIN_TIMEOUT="6"), tmp_path / "server.log")
+    # A large outbound queue: the stalled reader is never cut off as a slow consumer.
+    proc = start(env(tmp_path, DRAIN_TIMEOUT="4", OUTBOUND_QUEUE="10000"), tmp_path / "server.log")
     try:
         await ready(proc)
         await make_room(proc, [1, 2, 3])
+        async with proc.api() as api:
+            assert (await api.post("/api/rooms", json={"id": "flood", "member_ids": [4, 5]})).status_code == 201
+        # Megabytes the stalled reader will never take: its connection cannot close by itself.
+        stuck = await stalled_reader(proc, "flood", 4)
+        await flood(proc, "flood", 5, 800)
         async with (
             ws(chat_url(proc, 1, resume=1)) as own,
             ws(chat_url(proc, 2)) as seed_style,
@@ -91,7 +114,6 @@ async def test_sigterm_refuses_new_sockets_then_closes_each_kind_its_way(tmp_pat
                 await client.expect("message_history")
             await resuming.send({"type": "ping"})  # `since` replays (nothing yet) instead of a history
             await resuming.expect("pong")
-            stuck = await handshake_only(proc, 1)
             proc.terminate()
             assert await own.closed() == 1012
             assert own.conn.close_reason == "server restarting"
@@ -99,7 +121,7 @@ async def test_sigterm_refuses_new_sockets_then_closes_each_kind_its_way(tmp_pat
             assert await seed_style.closed() == 1006
             # No close frame: the connection just went away, which a browser reports as unclean.
             assert seed_style.conn.protocol.close_rcvd is None
-            # The drain waits for the stuck socket's close handshake: new sockets are refused meanwhile.
+            # The drain waits for the stalled reader's connection to close: new sockets are refused meanwhile.
             with pytest.raises(InvalidStatus) as refused:
                 async with ws(chat_url(proc, 1, resume=1)):
                     pass
@@ -108,13 +130,15 @@ async def test_sigterm_refuses_new_sockets_then_closes_each_kind_its_way(tmp_pat
                 readyz = await client.get(f"{proc.http}/readyz")
             assert readyz.status_code == 503 and "draining" in readyz.text
             assert proc.popen.poll() is None
+            # It never drains: at DRAIN_TIMEOUT its connection is aborted, and the process exits.
+            assert proc.wait(15) in (0, -15)
             stuck.close()
-        assert proc.wait(20) in (0, -15)
     finally:
         proc.kill()
     log = proc.output()
     assert "draining: new sockets refused" in log
-    assert "2 socket(s) closed with 1012, 1 dropped" in log
+    assert "2 socket(s) closed with 1012, 2 dropped" in log, log
+    assert "1 socket(s) still open after 4s: connections aborted" in log, log
     assert "Application shutdown complete" in log
 
 
