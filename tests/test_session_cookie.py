@@ -276,3 +276,17 @@ def test_a_cookie_opened_socket_lives_as_long_as_the_access_token() -> None:
     # The cookie itself is good for a minute; the socket it opens, for the token's hour (TOKEN_EXPIRY=close).
     assert back == identity
     assert jwt.decode(value, b"k" * 32, algorithms=["HS256"])["exp"] <= time.time() + 60
+
+
+async def test_a_bearer_header_sets_it_and_an_auth_frame_cannot(srv: Server) -> None:
+    origin = own_origin(srv)
+    client, response = await handshake(srv, "/ws/notifications/", Authorization=f"Bearer {token(1)}", Origin=origin)
+    await client.expect("bulk_update")
+    await client.close()
+    assert set_cookie(response) is not None
+    # The handshake's response is sent before the `auth` frame can arrive.
+    client, response = await handshake(srv, "/ws/notifications/", Origin=origin)
+    await client.send({"type": "auth", "token": token(1)})
+    await client.expect("auth_ok")
+    await client.close()
+    assert set_cookie(response) is None
