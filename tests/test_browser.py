@@ -342,10 +342,15 @@ async def test_client_resumes_after_a_restart_and_stops_on_refusal(tmp_path: Pat
         await expect(kim.page.locator("#messages .receipt")).to_have_text("✓✓ Read by Minji", timeout=WAIT_MS)
         for window in (kim, minji):
             await window.page.wait_for_function("realtimeDemo.conns[0].lastSeq === 2", timeout=WAIT_MS)
+            await window.page.evaluate(
+                "void realtimeDemo.conns[0].on('disconnected', (e) => { (window.closes ??= []).push(e.code); })"
+            )
         async with httpx.AsyncClient() as client:
             info = (await client.get(f"{first.http}/dev/tokens")).json()
     # The server is gone (1012, then refused connections): the pages keep trying.
     await expect(minji.panel("chat").locator(".pill")).to_contain_text("reconnecting", timeout=WAIT_MS)
+    # It said it comes back after a 1012 (`resume=1`): the drain closed it cleanly with one.
+    assert (await minji.page.evaluate("window.closes"))[0] == 1012
 
     # Meanwhile, on another port: a message the windows miss.
     other = free_port()
