@@ -67,6 +67,8 @@ class BaseEndpoint(WebSocketEndpoint):
     stream: str | None = None  # the one seq-carrying stream this socket follows, if any
     last_seq: int = 0
     buffer: list[Delivery] | None = None
+    # Why a session cookie sent with the handshake was not taken (the 4001's reason); set only then.
+    cookie_refused: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -88,7 +90,6 @@ class BaseEndpoint(WebSocketEndpoint):
         self.expiry: asyncio.TimerHandle | None = None
         self.opened_at = time.monotonic()
         self.close_code = NORMAL
-        self.cookie_refused: str | None = None
         if self.rt.draining:
             await _refuse_while_draining(websocket)
             return
