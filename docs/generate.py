@@ -39,7 +39,8 @@ MEANINGS: dict[str, str] = {
     "DATABASE_URL": "`sqlite:///path` or `postgresql://…`",
     "BROKER_URL": "`memory://` (one process) or `redis://…` (any number of processes and hosts)",
     "SERVICE_KEY": "bearer key of the server API (`/api/…`); unset, the API answers 503",
-    "ALLOWED_ORIGINS": "comma-separated origins allowed to open sockets (1008 for others); unset, any",
+    "ALLOWED_ORIGINS": "comma-separated origins allowed to open sockets (1008 for others) and to use the session "
+    "cookie; unset, any may open sockets, and only the server's own origin may use the cookie",
     "AGORA_APP_ID": "with `AGORA_APP_CERTIFICATE`: mint each consultation participant's Agora RTC token",
     "AGORA_APP_CERTIFICATE": "see `AGORA_APP_ID`",
     "DEV_MODE": "demo users, room and tokens; refuses a production-strength `JWT_SECRET`",
