@@ -31,11 +31,13 @@ from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
 from endpoints.chat_presence import ChatPresence
 from endpoints.consultation import ConsultationEndpoint, describe_agora
+from endpoints.drain import Drain
 from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
 from endpoints.runtime import Runtime
 from endpoints.scheduler import Scheduler
+from endpoints.session import for_settings as session_cookies
 from events import presence
 from events.bus import Hub
 from settings import Settings, SettingsError, from_env
@@ -78,6 +80,8 @@ async def healthz(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     problems = []
+    if rt.draining:
+        problems.append("draining: the server is shutting down")
     # Writes first: a store that answers reads but cannot commit is not ready.
     writer = rt.db.writer
     failing = writer.status() if writer is not None else "writer: not started"
@@ -141,7 +145,13 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             chat_presence=ChatPresence.for_settings(settings),
             metrics=app_metrics,
             slots=socket_slots.for_settings(settings),
+            sessions=session_cookies(settings, verifier),
         )
+        if runtime.sessions is None:
+            log.warning(
+                "session cookies off: JWT_PUBLIC_KEY is set and SESSION_SECRET is not; the platform's client "
+                "cannot reconnect without its token (set SESSION_SECRET, the same on every node)"
+            )
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
         await control.listen(runtime)
@@ -156,9 +166,12 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await dev.seed(runtime, f"ws://127.0.0.1:{port}")
         scheduler = Scheduler(runtime)
         scheduler.start()
+        drain = Drain(runtime, settings.drain_timeout)
+        drain.install()
         try:
             yield {}
         finally:
+            drain.uninstall()
             await scheduler.stop()
             await hub.stop()
             await runtime.presence.close()

@@ -66,6 +66,9 @@ class Settings:
     log_level: str = "info"
     log_format: str = "text"
     store_busy_timeout: float = 10.0
+    session_secret: str | None = None
+    session_ttl: float = 900.0
+    drain_timeout: float = 10.0
 
     @property
     def jwt_key(self) -> str:
@@ -137,6 +140,8 @@ class Settings:
             raise SettingsError(f"TOKEN_EXPIRY: {self.token_expiry!r} is not ignore or close")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
+        if self.session_secret is not None and len(self.session_secret) < STRONG_SECRET_LENGTH:
+            raise SettingsError(f"SESSION_SECRET: must be at least {STRONG_SECRET_LENGTH} characters")
         return self
 
 
@@ -179,6 +184,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),
         log_format=(reader.str("LOG_FORMAT") or "text").lower(),
         store_busy_timeout=reader.float("STORE_BUSY_TIMEOUT", Settings.store_busy_timeout),
+        session_secret=reader.str("SESSION_SECRET"),
+        session_ttl=reader.float("SESSION_TTL", Settings.session_ttl),
+        drain_timeout=reader.float("DRAIN_TIMEOUT", Settings.drain_timeout),
     )
     return settings.checked()
 

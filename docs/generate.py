@@ -43,9 +43,9 @@ MEANINGS: dict[str, str] = {
     "DATABASE_URL": "`sqlite:///path` or `postgresql://…`",
     "BROKER_URL": "`memory://` (one process) or `redis://…` (any number of processes and hosts)",
     "SERVICE_KEY": "bearer key of the server API (`/api/…`); unset, the API answers 503",
-    "ALLOWED_ORIGINS": "comma-separated `scheme://host[:port]` origins that may use the `access_token` cookie; "
-    "set, other browser origins are refused (1008, 403) however they authenticate; unset, the cookie works "
-    "from the server's own origin only and tokens from any",
+    "ALLOWED_ORIGINS": "comma-separated `scheme://host[:port]` origins that may use cookies (`access_token`, the "
+    "session cookie); set, other browser origins are refused (1008, 403) however they authenticate; unset, cookies "
+    "work from the server's own origin only and tokens from any",
     "AGORA_APP_ID": "with `AGORA_APP_CERTIFICATE`: mint each consultation participant's Agora RTC token",
     "AGORA_APP_CERTIFICATE": "see `AGORA_APP_ID`",
     "DEV_MODE": "demo users, room and tokens; refuses a production-strength `JWT_SECRET`",
@@ -70,6 +70,10 @@ MEANINGS: dict[str, str] = {
     "LOG_LEVEL": "`debug`, `info`, `warning`, `error`, `critical`",
     "LOG_FORMAT": "`text`, or `json` for one JSON object per line",
     "STORE_BUSY_TIMEOUT": "seconds a SQLite write waits for another connection's lock before answering `unavailable`",
+    "SESSION_SECRET": "key of the WebSocket session cookie (32+ characters); unset, derived from `JWT_SECRET` "
+    "(with `JWT_PUBLIC_KEY` and no `SESSION_SECRET`, no session cookies)",
+    "SESSION_TTL": "seconds a session cookie lives (never past its access token's `exp`)",
+    "DRAIN_TIMEOUT": "seconds SIGTERM's drain may take before uvicorn's own shutdown goes on",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}

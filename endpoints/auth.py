@@ -181,3 +181,9 @@ def _without_port(netloc: str, port: int | None, default: int) -> str:
     if (port is None or port == default) and netloc.endswith(suffix):
         return netloc[: -len(suffix)]
     return netloc
+
+
+def explicit_token(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
+    """A token the client sent itself (`?token=` or `Authorization: Bearer`), not a cookie."""
+    credential = credential_from_scope(query, headers)
+    return credential.token if credential is not None and not credential.via_cookie else None

@@ -14,10 +14,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar
 
 from starlette.endpoints import WebSocketEndpoint
+from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
-from endpoints.fastpath import RAW_SEND, adopt, direct_writer
+from endpoints.fastpath import RAW_SEND, adopt, direct_writer, drop_connection
 from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
 from endpoints.outbound import Outbound
 from endpoints.runtime import Runtime
@@ -30,9 +31,11 @@ from store.errors import AccessEnded, StoreError, StoreUnavailable
 log = logging.getLogger("realtime.ws")
 
 NORMAL = 1000
+ABNORMAL = 1006  # no close frame: what a dropped connection reports
 POLICY = 1008
 TOO_BIG = 1009
 SERVER_ERROR = 1011
+RESTARTING = 1012
 TRY_AGAIN = 1013
 NOT_AUTHENTICATED = 4001
 FORBIDDEN = 4003
@@ -67,6 +70,8 @@ class BaseEndpoint(WebSocketEndpoint):
     # The channel this socket's access is to (`control.end_access` closes it), set by `authorize`.
     access: str | None = None
     slot: str | None = None  # its place under the per-user socket limit, once reserved
+    # Why a session cookie sent with the handshake was not taken (the 4001's reason); set only then.
+    cookie_refused: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -88,8 +93,12 @@ class BaseEndpoint(WebSocketEndpoint):
         self.expiry: asyncio.TimerHandle | None = None
         self.opened_at = time.monotonic()
         self.close_code = NORMAL
+        if self.rt.draining:
+            await _refuse_while_draining(websocket)
+            return
         # Accept first: a close before accept reaches a browser as a bare HTTP 403.
-        await websocket.accept()
+        sessions = self.rt.sessions
+        await websocket.accept(headers=sessions.on_handshake(websocket) if sessions is not None else None)
         send = self.scope.get(RAW_SEND, self.send)
         # After the handshake: only then can the direct write be had.
         self.receive = adopt(send) or self.receive
@@ -107,11 +116,12 @@ class BaseEndpoint(WebSocketEndpoint):
                 # Cross-site WebSocket hijacking: the cookie would authenticate another site's page.
                 raise Refused(POLICY, "cookie authentication is not allowed from this origin")
             token = credential.token if credential is not None else None
+            session = self._session_identity(websocket) if token is None else None
             del websocket  # its parsed headers and query would otherwise live as long as the socket
-            via_frame = token is None
-            if token is None:
+            via_frame = token is None and session is None
+            if via_frame:
                 token = await self._first_frame_token()
-            identity = self._verify(token) if token is not None else None
+            identity = session or (self._verify(token) if token is not None else None)
             if identity is None:
                 return
             self.identity = identity
@@ -138,6 +148,15 @@ class BaseEndpoint(WebSocketEndpoint):
             self._close(SERVER_ERROR, "server error")
         finally:
             await self._cleanup()
+
+    def _session_identity(self, websocket: WebSocket) -> Identity | None:
+        """The identity in the session cookie, if there is one and it may be used here;
+        else None, with the reason kept for the 4001 should no `auth` frame follow."""
+        try:
+            return self.rt.sessions.authenticate(websocket) if self.rt.sessions is not None else None
+        except AuthError as exc:
+            self.cookie_refused = _reason(exc)
+            return None
 
     def _verify(self, token: str) -> Identity | None:
         try:
@@ -168,7 +187,7 @@ class BaseEndpoint(WebSocketEndpoint):
         try:
             message = await asyncio.wait_for(self.receive(), rt.settings.auth_timeout)
         except TimeoutError:
-            self._close(NOT_AUTHENTICATED, "no token")
+            self._close(NOT_AUTHENTICATED, self.cookie_refused or "no token")
             return None
         finally:
             rt.pending_auth -= 1
@@ -225,8 +244,17 @@ class BaseEndpoint(WebSocketEndpoint):
                     self.reply_error(errors.RATE_LIMITED, "too many frames; slow down", _type_of(item))
                 elif isinstance(item, BadFrame):
                     self.reply_error(item.code, item.message, item.request_type, item.client_msg_id)
+                elif self.rt.draining and item.type != "ping":
+                    # Read after the shutdown drain began: not done, and the client is told so.
+                    self.reply_error(
+                        errors.UNAVAILABLE, "the server is restarting; send it again", item.type, item.client_msg_id
+                    )
                 else:
-                    await self._handle(item)
+                    self.rt.handling += 1
+                    try:
+                        await self._handle(item)
+                    finally:
+                        self.rt.handling -= 1
 
     def _allow(self, item: Decoded | BadFrame) -> bool:
         cost = CHEAP.get(_type_of(item) or "", 1.0)
@@ -288,6 +316,18 @@ class BaseEndpoint(WebSocketEndpoint):
         grace = self.rt.settings.token_grace
         self.out.push(outbound.token_expiring(self.identity.expires_at, grace))
         self.expiry = asyncio.get_running_loop().call_later(grace, self._close, NOT_AUTHENTICATED, "token expired")
+
+    def end_for_restart(self) -> bool:
+        """Shutdown: 1012 to a client that said it resumes after one (`?since=`
+        or `?resume=1`); any other (the platform's client reconnects only after
+        an unclean close) loses the connection without a close frame. Where
+        the server gives no transport to drop, 1012 for all. True for a 1012."""
+        if not _resumes(self.scope.get("query_string", b"")) and drop_connection(self.scope.get(RAW_SEND)):
+            self.close_code = ABNORMAL
+            self.out.closed = True
+            return False
+        self._close(RESTARTING, "server restarting")
+        return True
 
     def close_for(self, code: int, reason: str) -> None:
         """Close from outside the socket's own task (the server API, shutdown)."""
@@ -408,6 +448,25 @@ class BaseEndpoint(WebSocketEndpoint):
         self.identity = identity
         self._watch_expiry()
         self.out.push(outbound.auth_ok(self.user))
+
+
+async def _refuse_while_draining(websocket: WebSocket) -> None:
+    """HTTP 503 to a handshake during the shutdown drain (a 403, by closing
+    before accept, where the server cannot send a response of its own)."""
+    response = PlainTextResponse("server restarting", status_code=503, headers={"Retry-After": "1"})
+    if "websocket.http.response" in websocket.scope.get("extensions", {}):
+        await websocket.send_denial_response(response)
+    else:
+        await websocket.close(RESTARTING)
+
+
+def _resumes(query_string: bytes) -> bool:
+    """`?since=` or `?resume=1`: the client handles 1012 (reconnects and resumes)."""
+    for part in query_string.split(b"&"):
+        key, _, value = part.partition(b"=")
+        if key == b"since" or (key == b"resume" and value == b"1"):
+            return True
+    return False
 
 
 def _type_of(item: Decoded | BadFrame) -> str | None:

@@ -227,3 +227,21 @@ def adopt(send: Any) -> Receive | None:
 
     protocol.send_receive_event_to_app = queue_frame
     return receive
+
+
+def drop_connection(send: Any, abort: bool = False) -> bool:
+    """End the connection without a WebSocket close frame (a browser then
+    reports `wasClean: false`): close the transport, which still writes what
+    it holds (the last echoes) before its FIN, or with `abort` discard that
+    and reset it (a peer that stopped reading). Under uvicorn, whose WebSocket
+    protocols (sans-I/O, legacy websockets, wsproto) each keep their asyncio
+    transport as `transport` on the object whose bound `send` the app got.
+    False under any other server, which then gets a clean close instead."""
+    transport = getattr(getattr(send, "__self__", None), "transport", None)
+    # asyncio's transports and uvloop's alike
+    close = getattr(transport, "abort" if abort else "close", None)
+    if transport is None or not callable(close) or not callable(getattr(transport, "is_closing", None)):
+        return False
+    if abort or not transport.is_closing():
+        close()
+    return True

@@ -12,6 +12,7 @@ from endpoints.chat_presence import ChatPresence
 from endpoints.limits import TokenBucket
 from endpoints.metrics import Metrics
 from endpoints.revocation import Revocations
+from endpoints.session import SessionCookies
 from endpoints.socket_slots import LocalSlots, SocketSlots
 from events.bus import Hub
 from events.presence import MemoryPresence, Presence
@@ -43,6 +44,12 @@ class Runtime:
     slots: SocketSlots = field(default_factory=LocalSlots)
     # Revoked tokens, cached from the store.
     revocations: Revocations = field(default_factory=Revocations)
+    # The WebSocket session cookie; None where it is off (see endpoints/session.py).
+    sessions: SessionCookies | None = None
+    # Set by the shutdown drain (endpoints/drain.py): new sockets are refused, new frames answered `unavailable`.
+    draining: bool = False
+    # Frames whose handler is running (a store write and its echo in flight).
+    handling: int = 0
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the

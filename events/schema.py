@@ -450,10 +450,13 @@ PARAMETERS: dict[str, str] = {
 
 CLOSE_CODES: dict[int, str] = {
     1000: "normal close",
+    1006: "(never sent: what a client reports when the connection ends without a close frame) a server restart, "
+    "to a socket opened without `?since=` or `?resume=1`: the platform's client reconnects only after an unclean close",
     1008: "policy: sustained rate-limit abuse, Origin not allowed, too many sockets for the user",
     1009: "frame larger than MAX_FRAME_BYTES",
     1011: "unexpected server error (never for bad input)",
-    1012: "server restarting (graceful shutdown); reconnect, with `?since=` where it applies",
+    1012: "server restarting (graceful shutdown), to sockets opened with `?since=` or `?resume=1`; "
+    "reconnect, with `?since=` where it applies (other sockets end without a close frame)",
     1013: "try again later: the socket fell OUTBOUND_QUEUE frames behind (resume with `?since=`), "
     "or too many sockets are waiting to authenticate",
     4001: "not authenticated: missing, invalid or expired token; revoked",
@@ -469,8 +472,8 @@ ERRORS: dict[str, str] = {
     errors.FORBIDDEN: "this user may not do that here",
     errors.RATE_LIMITED: "too many frames; slow down (sustained abuse closes with 1008)",
     errors.CONFLICT: "not in this state (starting twice, answering an answered request, a limit reached)",
-    errors.UNAVAILABLE: "the store is away for now (connection lost, locked, disk full): nothing of the frame was "
-    "acknowledged; retry later, with the same `client_msg_id`",
+    errors.UNAVAILABLE: "the store is away for now (connection lost, locked, disk full) or the server is restarting: "
+    "nothing of the frame was acknowledged; send it again later, with the same `client_msg_id`",
 }
 
 # What each client frame asks for (the structs in `events/` say what it holds);

@@ -195,6 +195,9 @@ export class WebSocketConnection {
   #connectUrl() {
     const url = new URL(this.url);
     if (this.token) url.searchParams.set("token", this.token);
+    // Tells the server this client comes back after a 1012: on a restart it
+    // gets 1012, not the dropped connection the platform's client needs.
+    url.searchParams.set("resume", "1");
     if (this.resume && this.#seqKnown) url.searchParams.set("since", String(this.lastSeq));
     return url.toString();
   }

@@ -8,6 +8,8 @@ import asyncio
 import contextlib
 import json
 import re
+import signal
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,9 @@ import pytest
 from playwright.async_api import Browser, BrowserContext, Page, async_playwright, expect
 from websockets.asyncio.server import serve
 
-from tests.conftest import IN_CI, SERVICE_KEY, free_port, ws
-from tests.procs import Proc, ready, start
+from tests.conftest import IN_CI, SERVICE_KEY, free_port, token, ws
+from tests.procs import REDIS_URL, Proc, ready, require, start
+from tests.seed_client import MANAGER_FILE, ORIGINAL, SEED, manager_script, strip_types, typescript_block
 
 CHROMIUM = Path("/usr/bin/chromium")
 # No sandbox (root in CI), no GPU, and nothing that phones home or updates itself.
@@ -339,10 +342,15 @@ async def test_client_resumes_after_a_restart_and_stops_on_refusal(tmp_path: Pat
         await expect(kim.page.locator("#messages .receipt")).to_have_text("✓✓ Read by Minji", timeout=WAIT_MS)
         for window in (kim, minji):
             await window.page.wait_for_function("realtimeDemo.conns[0].lastSeq === 2", timeout=WAIT_MS)
+            await window.page.evaluate(
+                "void realtimeDemo.conns[0].on('disconnected', (e) => { (window.closes ??= []).push(e.code); })"
+            )
         async with httpx.AsyncClient() as client:
             info = (await client.get(f"{first.http}/dev/tokens")).json()
     # The server is gone (1012, then refused connections): the pages keep trying.
     await expect(minji.panel("chat").locator(".pill")).to_contain_text("reconnecting", timeout=WAIT_MS)
+    # It said it comes back after a 1012 (`resume=1`): the drain closed it cleanly with one.
+    assert (await minji.page.evaluate("window.closes"))[0] == 1012
 
     # Meanwhile, on another port: a message the windows miss.
     other = free_port()
@@ -466,11 +474,164 @@ async def test_client_reconnects_resumes_and_deduplicates(tmp_path: Path, browse
     assert len(peer.paths) == 4, peer.paths
     queries = [query(path) for path in peer.paths]
     # The token on every connection (the fresh one once set), `since` = the last seq seen.
-    assert queries[0] == {"token": "first-token"}
-    assert queries[1] == {"token": "first-token", "since": "4"}
-    assert queries[2] == {"token": "second-token", "since": "5"}
-    assert queries[3] == {"token": "second-token", "since": "2"}  # after the resync's snapshot
+    assert queries[0] == {"token": "first-token", "resume": "1"}
+    assert queries[1] == {"token": "first-token", "resume": "1", "since": "4"}
+    assert queries[2] == {"token": "second-token", "resume": "1", "since": "5"}
+    assert queries[3] == {"token": "second-token", "resume": "1", "since": "2"}  # after the resync's snapshot
     # Sent while disconnected, delivered on the next connection; the token refresh; the heartbeat.
     assert {"type": "queued"} in peer.received[1]
     assert {"type": "auth", "token": "second-token"} in peer.received[1]
     assert any(frame == {"type": "ping"} for frames in peer.received for frame in frames)
+
+
+SEED_ROOM = "seed-room"
+# The seed's `WebSocketConnection`/`wsManager` (tests/seed_client.py), driven the
+# way its `useChatWebSocket` hook drives them: `connect(token)`, the `message`
+# handler (`message_history` replaces the list, `chat_message` appends), `send`.
+SEED_PAGE = """<!doctype html><meta charset="utf-8"><title>seed client</title><script>
+window.process = { env: { NEXT_PUBLIC_WS_URL: %(ws_base)s } };
+%(manager)s
+window.seen = { connected: 0, disconnected: 0, messages: [], via: {} };
+const connection = wsManager.getConnection('chat', %(room)s);
+connection.on('connected', () => seen.connected++);
+connection.on('disconnected', () => seen.disconnected++);
+connection.on('message', (data) => {
+  switch (data.type) {
+    case 'chat_message':
+      seen.messages = [...seen.messages, data.message];
+      seen.via[data.message.content] ??= 'live';
+      break;
+    case 'message_history':
+      seen.messages = data.messages;
+      for (const m of data.messages) seen.via[m.content] ??= 'history';
+      break;
+  }
+});
+// As the seed's consultation hook does: a socket error is reported, not thrown.
+connection.on('error', () => {});
+connection.connect(%(token)s);
+window.sendMessage = (content) => connection.send({ type: 'chat_message', content, message_type: 'text' });
+</script>
+"""
+
+
+class SeedPage:
+    html = ""
+
+
+async def serve_page(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """The one page, over HTTP/1.1, for any request: the platform's web app, in short."""
+    with contextlib.suppress(Exception):
+        await reader.readuntil(b"\r\n\r\n")
+        body = SeedPage.html.encode()
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(body)}\r\n"
+        writer.write(head.encode() + b"Connection: close\r\n\r\n" + body)
+        await writer.drain()
+    writer.close()
+
+
+def contents(messages: list[dict[str, Any]]) -> list[str]:
+    return [m["content"] for m in messages]
+
+
+async def test_the_seed_client_comes_back_after_a_rolling_restart(tmp_path: Path, browser: Browser) -> None:
+    """The platform's own client reconnects only after an unclean close, and
+    without its token: the drain drops its connection (no close frame) and the
+    session cookie authenticates the token-less reconnect to the new process."""
+    require("redis")
+    page_server = await asyncio.start_server(serve_page, "127.0.0.1", 0)
+    page_origin = f"http://127.0.0.1:{page_server.sockets[0].getsockname()[1]}"
+    env = {
+        "DATABASE_URL": f"sqlite:///{tmp_path}/realtime.db",
+        "BROKER_URL": REDIS_URL,
+        "UPLOAD_DIR": str(tmp_path / "uploads"),
+        # The platform's pages are on their own origin: the one allowed to use the cookie.
+        "ALLOWED_ORIGINS": page_origin,
+    }
+    first, other = start(env, tmp_path / "first.log"), start(env, tmp_path / "other.log")
+    second: Proc | None = None
+    try:
+        await asyncio.gather(ready(first), ready(other))
+        async with first.api() as api:
+            reply = await api.post("/api/rooms", json={"id": SEED_ROOM, "member_ids": [1, 2]})
+            assert reply.status_code == 201, reply.text
+        SeedPage.html = SEED_PAGE % {
+            "ws_base": json.dumps(f"ws://127.0.0.1:{first.port}/ws"),
+            "manager": manager_script(),
+            "room": json.dumps(SEED_ROOM),
+            "token": json.dumps(token(1, name="Dr. Kim")),
+        }
+        context = await browser.new_context()
+        page = await context.new_page()
+        problems: list[str] = []
+        page.on("pageerror", lambda exc: problems.append(str(exc)))
+        await page.goto(f"{page_origin}/chat")
+        await page.wait_for_function("seen.connected === 1", timeout=WAIT_MS)
+        await page.evaluate("sendMessage('before the deploy')")
+        await page.wait_for_function("seen.messages.length === 1", timeout=WAIT_MS)
+
+        cookie = next(c for c in await context.cookies() if c["name"] == "realtime_session")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and cookie["path"] == "/ws", cookie
+        assert not cookie["secure"] and 0 < cookie["expires"] - time.time() <= 900
+        assert await page.evaluate("document.cookie") == ""  # HttpOnly: out of the page's scripts' reach
+
+        async with ws(other.ws_url(f"/ws/chat/{SEED_ROOM}/", token=token(2, name="Minji"), resume=1)) as minji:
+            history = await minji.expect("message_history")
+            assert contents(history["messages"]) == ["before the deploy"]
+            first.terminate()
+            # The drain drops the seed client's connection: unclean, so it schedules a reconnect.
+            await page.wait_for_function("seen.disconnected === 1", timeout=WAIT_MS)
+            await minji.send({"type": "chat_message", "content": "while you were away"})
+            await minji.expect("chat_message")
+            # Sent while disconnected: the seed client queues it and flushes it on reopening.
+            await page.evaluate("sendMessage('queued while away')")
+            assert first.wait(20) in (0, -signal.SIGTERM)
+
+            second = start(env, tmp_path / "second.log", first.port)
+            await ready(second)
+            await page.wait_for_function("seen.connected === 2", timeout=30_000)
+            expected = ["before the deploy", "while you were away", "queued while away"]
+            await page.wait_for_function(
+                f"seen.messages.map((m) => m.content).join('|') === {json.dumps('|'.join(expected))}"
+            )
+            via = await page.evaluate("seen.via")
+            assert via["while you were away"] == "history", via
+            assert via["queued while away"] == "live", via
+            # Minji (on the other process all along) got the flushed one, sent as Dr. Kim.
+            frame = await minji.expect("chat_message", timeout=WAIT_MS)
+            assert frame["message"]["content"] == "queued while away"
+            assert frame["message"]["sender"]["id"] == 1 and frame["message"]["sender"]["name"] == "Dr. Kim"
+        # The reconnect carried no token: the session cookie authenticated it.
+        assert f'"WebSocket /ws/chat/{SEED_ROOM}/" [accepted]' in second.output(), second.output()
+        assert "token=" not in second.output()
+        assert problems == [], problems
+        await context.close()
+    finally:
+        page_server.close()
+        for proc in (first, other, second):
+            if proc is not None:
+                proc.terminate()
+        for proc in (first, other, second):
+            if proc is not None:
+                try:
+                    proc.wait(15)
+                except Exception:
+                    proc.kill()
+
+
+def test_the_seed_guide_copy_is_the_original() -> None:
+    if not ORIGINAL.exists():
+        pytest.skip(f"{ORIGINAL} is not on this machine")
+    assert SEED.read_bytes() == ORIGINAL.read_bytes()
+
+
+def test_the_type_stripping_keeps_the_code_and_refuses_what_it_does_not_know() -> None:
+    script = manager_script()
+    source = typescript_block(MANAGER_FILE)
+    # Every statement line of the seed is there, only its annotations gone.
+    for line in ("if (!event.wasClean) {", "this.connect();", "this.flushMessageQueue();", "const delay ="):
+        assert line in source and line in script, line
+    assert "private " not in script and ": void" not in script and "interface" not in script
+    for unknown in ("  private x?: number;", "  enum Mode { A }", "  const ws = socket as WebSocket;"):
+        with pytest.raises(ValueError):
+            strip_types(unknown)

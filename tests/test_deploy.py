@@ -75,18 +75,24 @@ def start_image_command(tmp_path: Path) -> tuple[Proc, dict[str, str]]:
     return Proc(port, popen, log), env
 
 
-async def test_the_dockerfile_command_serves_answers_its_healthcheck_and_stops_with_1012(tmp_path: Path) -> None:
+async def test_the_dockerfile_command_serves_answers_its_healthcheck_and_drains_on_sigterm(tmp_path: Path) -> None:
     proc, env = start_image_command(tmp_path)
     try:
         await ready(proc)
         healthcheck = instruction("HEALTHCHECK").split(" CMD ", 1)[1]
         check = await asyncio.create_subprocess_exec("sh", "-c", healthcheck, env=env)
         assert await asyncio.wait_for(check.wait(), 10) == 0
-        async with ws(proc.ws_url("/ws/notifications/", token=token(1))) as client:
-            await client.expect("bulk_update")
-            # `exec`: the signal reaches uvicorn itself, not a shell that would ignore it.
+        async with (
+            ws(proc.ws_url("/ws/notifications/", token=token(1), resume=1)) as resuming,
+            ws(proc.ws_url("/ws/notifications/", token=token(2))) as plain,
+        ):
+            for client in (resuming, plain):
+                await client.expect("bulk_update")
+            # `exec`: the signal reaches uvicorn itself, not a shell that would ignore it;
+            # the drain chained onto uvicorn's handler runs under this command line too.
             proc.terminate()
-            assert await client.closed(timeout=10) == 1012
+            assert await resuming.closed(timeout=10) == 1012
+            assert await plain.closed(timeout=10) == 1006
         assert proc.wait(15) in (0, -signal.SIGTERM)
     finally:
         proc.kill()

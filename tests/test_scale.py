@@ -176,7 +176,8 @@ async def test_sigterm_closes_sockets_with_1012_and_keeps_what_was_accepted(tmp_
     proc = start(env, tmp_path / "a.log")
     await ready(proc)
     await make_room(proc, "r", [1])
-    async with ws(proc.ws_url("/ws/chat/r/", token=token(1))) as client:
+    # `resume=1`: a client that comes back after a 1012 (others are dropped: see test_drain.py).
+    async with ws(proc.ws_url("/ws/chat/r/", token=token(1), resume=1)) as client:
         await client.expect("message_history")
         await client.send({"type": "chat_message", "content": "last words", "client_msg_id": "k1"})
         await client.expect("chat_message")
