@@ -40,6 +40,7 @@ from events import presence
 from events.bus import Hub
 from settings import Settings, SettingsError, from_env
 from store.db import Db
+from store.outbox import Outbox
 from store.streams import StreamLog
 
 log = logging.getLogger("realtime.server")
@@ -112,7 +113,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
                 "realtime: another server process already uses this database with BROKER_URL=memory://; "
                 "it would split every room between processes: set BROKER_URL=redis://... to run several"
             )
-        hub = Hub(broker(settings.broker_url), StreamLog(db), presence.namespace(settings))
+        hub = Hub(broker(settings.broker_url), StreamLog(db), presence.namespace(settings), Outbox(db))
+        if hub.outbox is not None:
+            db.use_outbox()
         await hub.start()
         verifier = TokenVerifier(settings.jwt_key, list(settings.jwt_algorithms))
         runtime = Runtime(

@@ -74,6 +74,9 @@ def new_ids(count: int) -> list[str]:
 
 
 class Runner(Protocol):
+    # True on the writer when the broker can fail: stream events get outbox rows (store/outbox.py).
+    outbox: bool
+
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
@@ -82,6 +85,8 @@ class Runner(Protocol):
 
 class SqliteRunner:
     """Statements on one aiosqlite connection: one thread hop per call."""
+
+    outbox = False
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -109,6 +114,8 @@ def to_dollar(sql: str) -> str:
 
 
 class PgRunner:
+    outbox = False
+
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
@@ -359,6 +366,11 @@ class Db:
         assert self.writer is not None
         row = await self.writer.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
         return bool(row and row[0])
+
+    def use_outbox(self) -> None:
+        """Give every stream event an outbox row from now on (a broker that can fail)."""
+        assert self.writer is not None, "store is not connected"
+        self.writer.runner.outbox = True
 
     async def write(self, job: Job[T]) -> T:
         assert self.writer is not None, "store is not connected"
