@@ -110,7 +110,7 @@ def is_stream(topic: str) -> bool:
 
 
 class Topic:
-    __slots__ = ("_order", "last_seq", "lock", "name", "refilling", "subscribed", "subscribers")
+    __slots__ = ("_order", "last_seq", "lock", "name", "subscribed", "subscribers")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -118,9 +118,6 @@ class Topic:
         self.lock = asyncio.Lock()
         self.subscribed = False
         self.last_seq: int | None = None  # None: not a stream, or not yet known
-        # Deliveries waiting for, or inside, a refill from the store: while
-        # any are, every seq event takes the ordered (locked) path.
-        self.refilling = 0
         self._order: asyncio.Lock | None = None
 
     @property
@@ -304,8 +301,6 @@ class Hub:
         """The fast path: fan out the next event in order (or drop one already
         delivered) with no await; False when it must wait for a refill."""
         if d.seq and topic.last_seq is not None:
-            if topic.refilling:
-                return False
             if d.seq <= topic.last_seq:
                 return True
             if d.seq > topic.last_seq + 1:
@@ -317,21 +312,19 @@ class Hub:
     async def _deliver_in_order(self, topic: Topic, d: Delivery) -> None:
         """The slow path: refill what is missing before `d` from the store, under
         the topic's order lock, so the listener, publishers and the relay
-        interleaving on one topic deliver each seq once, in order."""
-        topic.refilling += 1
-        try:
-            async with topic.order:
-                last = topic.last_seq
-                if last is None or d.seq <= last:
-                    return
-                if d.seq > last + 1:
-                    await self._refill(topic, upto=d.seq - 1)
-                    if topic.last_seq is None or d.seq <= topic.last_seq:
-                        return  # resynced instead, or left meanwhile
-                topic.last_seq = d.seq
-                self._fan_out(topic, d)
-        finally:
-            topic.refilling -= 1
+        interleaving on one topic refill one at a time. The fast path may
+        deliver the next seq while a refill reads: the refill then skips
+        everything up to `last_seq`, so each seq still goes out once, in order."""
+        async with topic.order:
+            last = topic.last_seq
+            if last is None or d.seq <= last:
+                return
+            if d.seq > last + 1:
+                await self._refill(topic, upto=d.seq - 1)
+                if topic.last_seq is None or d.seq <= topic.last_seq:
+                    return  # resynced instead, or left meanwhile
+            topic.last_seq = d.seq
+            self._fan_out(topic, d)
 
     # ---- the outbox: confirmations and the relay ----------------------------------
 
@@ -437,12 +430,8 @@ class Hub:
         log.info("broker reconnected: refilling %d topics from the store", len(self.topics))
         for topic in list(self.topics.values()):
             if topic.subscribed and topic.last_seq is not None:
-                topic.refilling += 1
-                try:
-                    async with topic.order:
-                        await self._refill(topic, upto=None)
-                finally:
-                    topic.refilling -= 1
+                async with topic.order:
+                    await self._refill(topic, upto=None)
         # This process's own outbox rows too, as soon as their grace is over.
         self._relay_wake.set()
 
