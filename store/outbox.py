@@ -56,11 +56,21 @@ class Outbox:
     async def confirm(self, published: dict[str, int]) -> None:
         """The broker took each stream's events up to the given seq."""
         rows = sorted(published.items())
+        if self.db.is_sqlite:
 
-        async def job(tx: Runner) -> None:
-            await tx.executemany("DELETE FROM stream_outbox WHERE stream = ? AND seq <= ?", rows)
+            async def job(tx: Runner) -> None:
+                await tx.executemany("DELETE FROM stream_outbox WHERE stream = ? AND seq <= ?", rows)
 
-        await self.db.write(job)
+            await self.db.write(job)
+            return
+        # Off the writer's connection, and skipping rows a relay holds (it deletes
+        # them itself): a confirmation never waits for a relay's publish.
+        async with self.db.database.connection() as conn:
+            await PgRunner(conn.raw_connection).executemany(
+                "DELETE FROM stream_outbox WHERE (stream, seq) IN (SELECT stream, seq FROM stream_outbox "
+                "WHERE stream = ? AND seq <= ? FOR UPDATE SKIP LOCKED)",
+                rows,
+            )
 
     async def backlog(self) -> int:
         row = await self.db.fetch_one("SELECT COUNT(*) FROM stream_outbox")

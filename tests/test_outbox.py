@@ -244,6 +244,26 @@ async def test_the_relay_keeps_rows_it_could_not_publish_and_spares_young_ones(t
     assert await outbox.backlog() == 0
 
 
+async def test_a_confirmation_never_waits_for_a_relay_on_postgres(two_dbs: tuple[Db, Db]) -> None:
+    one, two = two_dbs
+    await old_events(one, 4)
+    claimed, release = asyncio.Event(), asyncio.Event()
+
+    async def held(rows: list[tuple[str, int, str]]) -> None:
+        assert [(s, q) for s, q, _ in rows] == [("room:s0", 1), ("room:s0", 2)]
+        claimed.set()
+        await release.wait()
+
+    relay = asyncio.create_task(Outbox(two).relay(1000, held, limit=2))
+    await asyncio.wait_for(claimed.wait(), 5)
+    # It deletes what no relay holds, and leaves the held rows to their relay.
+    await asyncio.wait_for(Outbox(one).confirm({"room:s0": 2, "room:s1": 2}), 5)
+    assert await Outbox(one).backlog() == 2
+    release.set()
+    assert await relay == 2
+    assert await Outbox(one).backlog() == 0
+
+
 async def scrape_backlog(srv: Server) -> float:
     async with httpx.AsyncClient() as client:
         text = (await client.get(f"{srv.http}/metrics")).text
