@@ -265,7 +265,10 @@ class Hub:
             return
         topic = self.topics.get(name)
         if topic is not None and topic.subscribed and not self._deliver_now(topic, delivery):
-            await self._deliver_in_order(topic, delivery)
+            try:
+                await self._deliver_in_order(topic, delivery)
+            except Exception:  # the store failed the refill: the next event refills again
+                log.exception("hub failed to deliver on %s", name)
         try:
             await self.backend.publish(self.prefix + name, pack(delivery, self.node))
         except Exception as exc:  # noqa: BLE001 - a broker outage must not fail the request
