@@ -49,6 +49,9 @@ RELAY_INTERVAL = 1.0
 CONFIRM_DELAY = 0.05
 # How long a metrics scrape waits for the outbox's row count.
 BACKLOG_TIMEOUT = 2.0
+# Streams whose newest refused event is republished at once on reconnect
+# (beyond that, the relay publishes after its grace).
+MAX_UNSENT_STREAMS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,6 +153,11 @@ class Hub:
         # The in-process broker cannot fail: no outbox rows, no relay.
         self.outbox = None if self._inline else outbox
         self._published: dict[str, int] = {}  # stream -> highest seq the broker took, to confirm
+        # stream -> the newest persisted event the broker refused: published again as
+        # soon as the broker is back, which makes every receiver refill the ones before
+        # it from the store. The durable copy is the outbox; this only saves the grace.
+        self._unsent: dict[str, Delivery] = {}
+        self._resender: asyncio.Task[None] | None = None
         self._confirmer: asyncio.Task[None] | None = None
         self._relay: asyncio.Task[None] | None = None
         self._relay_wake = asyncio.Event()
@@ -166,9 +174,10 @@ class Hub:
             self._relay = asyncio.create_task(self._relay_loop(), name="hub-outbox-relay")
 
     async def stop(self) -> None:
-        if self._relay is not None:
-            self._relay.cancel()
-            await asyncio.wait([self._relay])
+        for task in (self._relay, self._resender):
+            if task is not None:
+                task.cancel()
+                await asyncio.wait([task])
         if self._confirmer is not None and not self._confirmer.done():
             # Best effort: rows left unconfirmed are published again by a relay, and dropped by seq.
             await asyncio.wait([self._confirmer], timeout=BACKLOG_TIMEOUT)
@@ -273,6 +282,8 @@ class Hub:
             await self.backend.publish(self.prefix + name, pack(delivery, self.node))
         except Exception as exc:  # noqa: BLE001 - a broker outage must not fail the request
             self._failed(name, exc)
+            if delivery.seq and self.outbox is not None and is_stream(name):
+                self._keep(name, delivery)
             return
         if delivery.seq and self.outbox is not None and is_stream(name):
             self._confirm(name, delivery.seq)
@@ -330,6 +341,27 @@ class Hub:
             self._fan_out(topic, d)
 
     # ---- the outbox: confirmations and the relay ----------------------------------
+
+    def _keep(self, stream: str, d: Delivery) -> None:
+        kept = self._unsent.get(stream)
+        if kept is not None and kept.seq >= d.seq:
+            return
+        if kept is None and len(self._unsent) >= MAX_UNSENT_STREAMS:
+            return  # the relay publishes it after the grace
+        self._unsent[stream] = d
+
+    async def _publish_unsent(self) -> None:
+        unsent, self._unsent = self._unsent, {}
+        names = list(unsent)
+        outcomes = await asyncio.gather(
+            *(self.backend.publish(self.prefix + name, pack(unsent[name], self.node)) for name in names),
+            return_exceptions=True,
+        )
+        for name, outcome in zip(names, outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                self._keep(name, unsent[name])
+            else:
+                self._confirm(name, unsent[name].seq)
 
     def _confirm(self, stream: str, seq: int) -> None:
         if seq > self._published.get(stream, 0):
@@ -430,12 +462,15 @@ class Hub:
             self._fan_out(topic, Delivery("", seq, 0, frame))
 
     async def _refill_all(self) -> None:
+        if self._unsent and (self._resender is None or self._resender.done()):
+            # Not awaited: the listener goes on with the refill meanwhile.
+            self._resender = asyncio.create_task(self._publish_unsent(), name="hub-publish-unsent")
         log.info("broker reconnected: refilling %d topics from the store", len(self.topics))
         for topic in list(self.topics.values()):
             if topic.subscribed and topic.last_seq is not None:
                 async with topic.order:
                     await self._refill(topic, upto=None)
-        # This process's own outbox rows too, as soon as their grace is over.
+        # What is left in the outbox too, as soon as its grace is over.
         self._relay_wake.set()
 
     def _fan_out(self, topic: Topic, d: Delivery) -> None:

@@ -17,7 +17,7 @@ from broadcaster import Event
 from broadcaster._backends.base import BroadcastBackend
 from prometheus_client.parser import text_string_to_metric_families
 
-from events.bus import Delivery, Hub, pack, unpack
+from events.bus import GAP, Delivery, Hub, pack, unpack
 from store import streams
 from store.db import Db, Runner
 from store.outbox import Outbox
@@ -340,6 +340,7 @@ class FakeBroker(BroadcastBackend):
     def __init__(self) -> None:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.published: list[tuple[str, str]] = []
+        self.down = False
 
     async def connect(self) -> None: ...
     async def disconnect(self) -> None: ...
@@ -347,6 +348,8 @@ class FakeBroker(BroadcastBackend):
     async def unsubscribe(self, channel: str) -> None: ...
 
     async def publish(self, channel: str, message: Any) -> None:
+        if self.down:
+            raise ConnectionError("broker away")
         self.published.append((channel, message))
 
     async def next_published(self) -> Event:
@@ -354,18 +357,19 @@ class FakeBroker(BroadcastBackend):
 
 
 class SlowStore:
-    """Stream events of one room, read slowly so refills overlap."""
+    """Stream events by stream and seq, read slowly so refills overlap."""
 
     def __init__(self) -> None:
-        self.frames: dict[int, str] = {}
+        self.frames: dict[str, dict[int, str]] = {}
 
     async def last_seq(self, stream: str) -> int:
-        return max(self.frames, default=0)
+        return max(self.frames.get(stream, {}), default=0)
 
     async def between(self, stream: str, after: int, upto: int | None) -> list[tuple[int, str]] | None:
         await asyncio.sleep(0.05)
-        top = upto if upto is not None else max(self.frames, default=0)
-        return [(seq, self.frames[seq]) for seq in range(after + 1, top + 1) if seq in self.frames]
+        frames = self.frames.get(stream, {})
+        top = upto if upto is not None else max(frames, default=0)
+        return [(seq, frames[seq]) for seq in range(after + 1, top + 1) if seq in frames]
 
 
 class Recorder:
@@ -387,7 +391,7 @@ async def test_local_and_remote_events_on_one_topic_arrive_once_in_order() -> No
     await hub.start()
     try:
         await hub.join("room:a", rec)
-        store.frames.update({seq: f"f{seq}" for seq in range(1, 7)})
+        store.frames["room:a"] = {seq: f"f{seq}" for seq in range(1, 7)}
 
         def remote(seq: int) -> None:
             broker.queue.put_nowait(Event("p:room:a", pack(Delivery("chat_message", seq, 0, f"f{seq}"), "other")))
@@ -429,3 +433,47 @@ def test_pack_carries_the_origin_and_reads_the_older_form() -> None:
     assert (back.type, back.seq, back.exclude, back.frame, back.origin) == (d.type, 3, 7, d.frame, "n1")
     older = unpack("chat_message\t3\t7\t" + d.frame)
     assert (older.type, older.seq, older.exclude, older.frame, older.origin) == (d.type, 3, 7, d.frame, "")
+
+
+class NoteConfirmations:
+    """An outbox store that only notes what the hub confirms."""
+
+    def __init__(self) -> None:
+        self.confirmed: list[dict[str, int]] = []
+
+    async def confirm(self, published: dict[str, int]) -> None:
+        self.confirmed.append(dict(published))
+
+    async def backlog(self) -> int:
+        return 0
+
+    async def relay(self, grace_ms: int, publish: Any) -> int:
+        return 0
+
+
+async def test_refused_events_reach_local_sockets_and_the_newest_goes_out_on_reconnect() -> None:
+    broker, store, rec, outbox = FakeBroker(), SlowStore(), Recorder(), NoteConfirmations()
+    hub = Hub(broker, store, "p:", outbox=outbox)
+    await hub.start()
+    try:
+        await hub.join("room:a", rec)
+        await hub.join("room:b", rec)
+        broker.down = True
+        for stream, seq in (("room:a", 1), ("room:a", 2), ("room:b", 1)):
+            store.frames.setdefault(stream, {})[seq] = f"{stream}/{seq}"
+            await hub.publish(stream, Delivery("chat_message", seq, 0, f"{stream}/{seq}"))
+        await hub.publish("room:a", Delivery("typing_start", 0, 0, "t"))
+        assert rec.got == [(1, "room:a/1"), (2, "room:a/2"), (1, "room:b/1"), (0, "t")]
+        assert hub.publish_failures == 4 and broker.published == []
+        broker.down = False
+        broker.queue.put_nowait(Event(GAP, ""))
+        for _ in range(100):
+            if outbox.confirmed:
+                break
+            await asyncio.sleep(0.02)
+        # The newest of each stream only: receivers refill the older ones from the store.
+        assert sorted((c, unpack(m).seq) for c, m in broker.published) == [("p:room:a", 2), ("p:room:b", 1)]
+        assert outbox.confirmed == [{"room:a": 2, "room:b": 1}]
+        assert len(rec.got) == 4  # nothing new in the store: the refill on reconnect adds nothing
+    finally:
+        await hub.stop()
