@@ -166,3 +166,15 @@ CREATE TABLE IF NOT EXISTS token_revocations (
     revoked_before BIGINT NOT NULL,
     revoked_at     TEXT NOT NULL
 );
+
+-- Stream events committed but not yet known to be published (store/outbox.py):
+-- written with the event's stream_events row only when the broker can fail
+-- (Redis), deleted once the broker took the publish. Rows a process could not
+-- publish (broker away, or it died) are published by any live process's relay.
+-- created_ms: the committing process's clock, Unix milliseconds.
+CREATE TABLE IF NOT EXISTS stream_outbox (
+    stream     TEXT NOT NULL,
+    seq        BIGINT NOT NULL,
+    created_ms BIGINT NOT NULL,
+    PRIMARY KEY (stream, seq)
+);

@@ -43,6 +43,7 @@ from events.bus import Hub
 from settings import Settings, SettingsError, from_env
 from store.db import Db
 from store.errors import StoreUnavailable
+from store.outbox import Outbox
 from store.streams import StreamLog
 
 log = logging.getLogger("realtime.server")
@@ -94,11 +95,8 @@ async def readyz(request: Request) -> Response:
         problems.append(f"store: no answer within {READY_TIMEOUT:g}s")
     except Exception as exc:  # noqa: BLE001 - reported, not raised
         problems.append(f"store: {exc!r}")
-    problem = getattr(rt.hub.backend, "problem", None)
-    if problem is not None:
-        problems.append(f"broker: {problem}")
-    elif not rt.hub.listening:
-        problems.append("broker: the hub's listener stopped")
+    if rt.hub.problem is not None:
+        problems.append(f"broker: {rt.hub.problem}")
     if problems:
         return JSONResponse({"status": "unavailable", "problems": problems}, status_code=503)
     return JSONResponse({"status": "ready"})
@@ -127,7 +125,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
                 "realtime: another server process already uses this database with BROKER_URL=memory://; "
                 "it would split every room between processes: set BROKER_URL=redis://... to run several"
             )
-        hub = Hub(broker(settings.broker_url), StreamLog(db), presence.namespace(settings))
+        hub = Hub(broker(settings.broker_url), StreamLog(db), presence.namespace(settings), Outbox(db))
+        if hub.outbox is not None:
+            db.use_outbox()
         await hub.start()
         verifier = TokenVerifier(
             settings.jwt_key,

@@ -189,7 +189,7 @@ class _RuntimeCollector(Collector):
         yield GaugeMetricFamily(
             "realtime_broker_up",
             "1 while the broker (Redis) is connected and the hub listens; 0 otherwise. Always 1 with memory://.",
-            value=int(getattr(rt.hub.backend, "problem", None) is None and rt.hub.listening),
+            value=int(rt.hub.problem is None),
         )
         yield CounterMetricFamily(
             "realtime_broker_reconnects",
@@ -198,14 +198,21 @@ class _RuntimeCollector(Collector):
         )
         yield CounterMetricFamily(
             "realtime_hub_publish_failures",
-            "Publishes the broker refused (persisted events are kept and published again).",
+            "Publishes the broker refused (persisted events stay in the outbox and are published again).",
             value=rt.hub.publish_failures,
+        )
+        yield GaugeMetricFamily(
+            "realtime_outbox_backlog",
+            "Persisted events not yet confirmed as published to the broker (outbox rows, all processes).",
+            value=rt.hub.backlog,
         )
 
 
 async def metrics(request: Request) -> Response:
     # The text format 0.0.4 unless the scraper asks for OpenMetrics.
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
+    # Counted here, not in the collector: collectors cannot await the store.
+    await request.app.state.runtime.hub.measure_backlog()
     return Response(encode(request.app.state.runtime.metrics.registry), headers={"Content-Type": content_type})
 
 

@@ -91,6 +91,9 @@ def new_ids(count: int) -> list[str]:
 
 
 class Runner(Protocol):
+    # True on the writer when the broker can fail: stream events get outbox rows (store/outbox.py).
+    outbox: bool
+
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
     async def execute(self, sql: str, params: Sequence[Any] = ()) -> None: ...
@@ -99,6 +102,8 @@ class Runner(Protocol):
 
 class SqliteRunner:
     """Statements on one aiosqlite connection: one thread hop per call."""
+
+    outbox = False
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -126,6 +131,8 @@ def to_dollar(sql: str) -> str:
 
 
 class PgRunner:
+    outbox = False
+
     def __init__(self, raw: Any) -> None:
         self.raw = raw
 
@@ -639,6 +646,11 @@ class Db:
         row = await self.write(lambda tx: tx.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})"))
         self._sole_lock = bool(row and row[0])
         return self._sole_lock
+
+    def use_outbox(self) -> None:
+        """Give every stream event an outbox row from now on (a broker that can fail)."""
+        assert self.writer is not None, "store is not connected"
+        self.writer.runner.outbox = True
 
     async def write(self, job: Job[T]) -> T:
         assert self.writer is not None, "store is not connected"

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from store import streams
+from store import outbox, streams
 from store.db import Db, Row, Runner, new_ids, utc_now
 from store.errors import AccessEnded, Forbidden, NotFound
 
@@ -114,7 +114,7 @@ class PostMessages:
                 events.append((stream, seq, text))
                 results[index] = Posted(record, text, seq)
             await tx.executemany(f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
-            await tx.executemany("INSERT INTO stream_events (stream, seq, frame) VALUES (?, ?, ?)", events)
+            await outbox.record(tx, events)
         for index, item in enumerate(items):
             if results[index] is None:
                 original = results[first_of[item.key]]

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from store import streams
+from store import outbox, streams
 from store.db import Db, Row, Runner, new_id, utc_now
 from store.errors import NotFound
 
@@ -89,7 +89,7 @@ async def create(
             events.append((name, seq, frame))
             created.append(Created(user_id, seq, record, frame))
         await tx.executemany(f"INSERT INTO notifications ({COLUMNS}) VALUES ({', '.join('?' * 9)})", rows_out)
-        await tx.executemany("INSERT INTO stream_events (stream, seq, frame) VALUES (?, ?, ?)", events)
+        await outbox.record(tx, events)
         return created
 
     return await db.write(job)

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from store import outbox
 from store.db import Db, Runner
 
 _encode = msgspec.json.Encoder().encode
@@ -77,7 +78,7 @@ async def append(tx: Runner, stream: str, type_: str, body: dict[str, Any], seq:
     if seq is None:
         seq = await next_seq(tx, stream)
     text = frame(type_, seq, body)
-    await tx.execute("INSERT INTO stream_events (stream, seq, frame) VALUES (?, ?, ?)", (stream, seq, text))
+    await outbox.record(tx, [(stream, seq, text)])
     return seq, text
 
 

@@ -52,6 +52,7 @@ async def test_json_mode_writes_only_json_lines(tmp_path: Path) -> None:
         async with ws(proc.ws_url("/ws/chat/r/", token=secret)) as client:
             await client.expect("message_history")
             await client.send({"type": "chat_message", "content": "hello"})
+            await client.expect("chat_message")  # delivered here though the broker is away
             await client.send("{not json")
             await client.expect("error")
         async with ws(proc.ws_url("/ws/chat/elsewhere/", token=secret)) as refused:
