@@ -25,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import api, asyncapi, consultation_api, control, dev, files, metrics, notifications_api
+from endpoints import api, asyncapi, consultation_api, control, dev, files, guard, metrics, notifications_api
 from endpoints.auth import TokenVerifier
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
@@ -138,9 +138,13 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await dev.seed(runtime, f"ws://127.0.0.1:{port}")
         scheduler = Scheduler(runtime)
         scheduler.start()
+        accept_errors = guard.AcceptErrors(asyncio.get_running_loop())
+        accept_errors.install()
         try:
-            yield {}
+            # The lifespan state reaches `--http endpoints.guard:http_protocol` through uvicorn.
+            yield guard.state(settings, runtime.pending_per_address)
         finally:
+            accept_errors.uninstall()
             await scheduler.stop()
             await hub.stop()
             await runtime.presence.close()

@@ -51,6 +51,10 @@ class Settings:
     rate_burst: float = 40.0
     max_sockets_per_user: int = 20
     max_pending_auth: int = 1000
+    header_timeout: float = 10.0
+    idle_timeout: float = 5.0
+    max_pending_per_ip: int = 100
+    max_connections: int = 0  # 0: the open-file limit less headroom (endpoints/guard.py)
     token_expiry: str = "ignore"
     token_grace: float = 30.0
     log_level: str = "info"
@@ -108,7 +112,23 @@ class Settings:
             raise SettingsError("RATE_BURST: must be at least 1")
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
+        files = open_file_limit()
+        if files is not None and self.max_connections > files:
+            raise SettingsError(
+                f"MAX_CONNECTIONS: must be at most {files} connections (this process's open-file limit), "
+                f"got {self.max_connections}"
+            )
         return self
+
+
+def open_file_limit() -> int | None:
+    """The soft RLIMIT_NOFILE, or None where there is none (unlimited, or no `resource`)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -141,6 +161,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         rate_burst=reader.float("RATE_BURST", Settings.rate_burst),
         max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1),
         max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1),
+        header_timeout=reader.float("HEADER_TIMEOUT", Settings.header_timeout),
+        idle_timeout=reader.float("IDLE_TIMEOUT", Settings.idle_timeout),
+        max_pending_per_ip=reader.int("MAX_PENDING_PER_IP", Settings.max_pending_per_ip, 1, "connections"),
+        max_connections=reader.int("MAX_CONNECTIONS", Settings.max_connections, 1, "connections"),
         token_expiry=(reader.str("TOKEN_EXPIRY") or Settings.token_expiry).lower(),
         token_grace=reader.float("TOKEN_GRACE", Settings.token_grace),
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),
@@ -168,7 +192,7 @@ class _Reader:
             return True
         raise SettingsError(f"{name}: {value!r} is not a boolean (1/0, true/false)")
 
-    def int(self, name: str, default: int, minimum: int) -> int:
+    def int(self, name: str, default: int, minimum: int, unit: str = "") -> int:
         raw = self.env.get(name, "").strip()
         if not raw:
             return default
@@ -177,7 +201,7 @@ class _Reader:
         except ValueError:
             raise SettingsError(f"{name}: {raw!r} is not an integer") from None
         if value < minimum:
-            raise SettingsError(f"{name}: must be at least {minimum}, got {value}")
+            raise SettingsError(f"{name}: must be at least {minimum}{' ' + unit if unit else ''}, got {value}")
         return value
 
     def float(self, name: str, default: float) -> float:
