@@ -138,13 +138,11 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await dev.seed(runtime, f"ws://127.0.0.1:{port}")
         scheduler = Scheduler(runtime)
         scheduler.start()
-        accept_errors = guard.AcceptErrors(asyncio.get_running_loop())
-        accept_errors.install()
+        guard.AcceptErrors.install(asyncio.get_running_loop())
         try:
             # The lifespan state reaches `--http endpoints.guard:http_protocol` through uvicorn.
             yield guard.state(settings, runtime.pending_per_address)
         finally:
-            accept_errors.uninstall()
             await scheduler.stop()
             await hub.stop()
             await runtime.presence.close()

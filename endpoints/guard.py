@@ -423,8 +423,9 @@ class AcceptErrors:
     times (2048 under uvicorn): out of descriptors, each loop pass logged a
     traceback per pending connection, megabytes a second (and each retry it
     scheduled fails with another once the listening socket is closed). Under
-    uvloop libuv accepts and closes such connections itself, silently. Everything else
-    goes to the handler that was there before (or the loop's default).
+    uvloop libuv accepts and closes such connections itself, silently.
+    Everything else goes to the handler that was there before (or the loop's
+    default).
     """
 
     INTERVAL = 1.0
@@ -436,15 +437,16 @@ class AcceptErrors:
         self.suppressed = 0
         self.flush: asyncio.TimerHandle | None = None
 
-    def install(self) -> None:
-        self.loop.set_exception_handler(self)
-
-    def uninstall(self) -> None:
-        if self.loop.get_exception_handler() is self:
-            self.loop.set_exception_handler(self.previous)
-        if self.flush is not None:
-            self.flush.cancel()
-        self._report_suppressed()
+    @classmethod
+    def install(cls, loop: asyncio.AbstractEventLoop) -> AcceptErrors:
+        """The loop's handler from now on: once per loop, and it stays after the
+        app stops, because asyncio's retries may still fire while the loop ends."""
+        current = loop.get_exception_handler()
+        if isinstance(current, AcceptErrors):
+            return current
+        handler = cls(loop)
+        loop.set_exception_handler(handler)
+        return handler
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         if not _accept_error(context):
