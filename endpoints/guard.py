@@ -44,7 +44,7 @@ KEY = "realtime.guard"  # the lifespan-state key uvicorn passes on to each proto
 # Refused connections answered with a 503 then half-closed and drained, so that
 # the client reads the answer rather than a reset; past this many at once the
 # rest are closed right after the answer (a reset may eat it then).
-LINGER_MAX = 64
+LINGER_MAX = 16
 LINGER_SECONDS = 1.0
 # Kept from the open-file limit when MAX_CONNECTIONS is not set: the store,
 # the broker, logs, uploads and refused connections need descriptors too.
@@ -181,7 +181,7 @@ class _Transport:
     """The transport the protocols under the guard see: the real one, except
     that the guard hears of writes and of the switch to a WebSocket protocol."""
 
-    def __init__(self, real: asyncio.Transport, guarded: Guarded) -> None:
+    def __init__(self, real: Any, guarded: Guarded) -> None:
         self._real = real
         self.write = guarded.written
         self.set_protocol = guarded.switch
@@ -197,7 +197,7 @@ class Guarded(asyncio.Protocol):
         self.make: Callable[[], asyncio.Protocol] | None = make
         self.loop = loop
         self.inner: Any = None
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # asyncio's or uvloop's
         self.proxy: _Transport | None = None
         self.state = HEAD
         self.pending: str | None = None  # the address this connection is counted against
