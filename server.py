@@ -25,7 +25,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import api, asyncapi, consultation_api, control, dev, files, metrics, notifications_api, socket_slots
+from endpoints import (
+    api,
+    asyncapi,
+    consultation_api,
+    control,
+    dev,
+    files,
+    guard,
+    metrics,
+    notifications_api,
+    socket_slots,
+)
 from endpoints.auth import TokenVerifier
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
@@ -168,8 +179,10 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         scheduler.start()
         drain = Drain(runtime, settings.drain_timeout)
         drain.install()
+        guard.AcceptErrors.install(asyncio.get_running_loop())
         try:
-            yield {}
+            # The lifespan state reaches `--http endpoints.guard:http_protocol` through uvicorn.
+            yield guard.state(settings, runtime.pending_per_address)
         finally:
             drain.uninstall()
             await scheduler.stop()

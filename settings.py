@@ -62,6 +62,10 @@ class Settings:
     max_pending_auth: int = 1000
     socket_lease: float = 30.0
     token_expiry: str = "close"
+    header_timeout: float = 10.0
+    idle_timeout: float = 5.0
+    max_pending_per_ip: int = 100
+    max_connections: int = 0  # 0: the open-file limit less headroom (endpoints/guard.py)
     token_grace: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
@@ -142,7 +146,23 @@ class Settings:
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
         if self.session_secret is not None and len(self.session_secret) < STRONG_SECRET_LENGTH:
             raise SettingsError(f"SESSION_SECRET: must be at least {STRONG_SECRET_LENGTH} characters")
+        files = open_file_limit()
+        if files is not None and self.max_connections > files:
+            raise SettingsError(
+                f"MAX_CONNECTIONS: must be at most {files} connections (this process's open-file limit), "
+                f"got {self.max_connections}"
+            )
         return self
+
+
+def open_file_limit() -> int | None:
+    """The soft RLIMIT_NOFILE, or None where there is none (unlimited, or no `resource`)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return None
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return None if soft == resource.RLIM_INFINITY else soft
 
 
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
@@ -179,6 +199,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1, 10**6, "sockets"),
         max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1, 10**7, "sockets"),
         socket_lease=reader.float("SOCKET_LEASE", Settings.socket_lease),
+        header_timeout=reader.float("HEADER_TIMEOUT", Settings.header_timeout),
+        idle_timeout=reader.float("IDLE_TIMEOUT", Settings.idle_timeout),
+        max_pending_per_ip=reader.int("MAX_PENDING_PER_IP", Settings.max_pending_per_ip, 1, 10**6, "connections"),
+        max_connections=reader.int("MAX_CONNECTIONS", Settings.max_connections, 1, 10**7, "connections"),
         token_expiry=(reader.str("TOKEN_EXPIRY") or Settings.token_expiry).lower(),
         token_grace=reader.float("TOKEN_GRACE", Settings.token_grace),
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),

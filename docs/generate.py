@@ -66,6 +66,10 @@ MEANINGS: dict[str, str] = {
     "MAX_PENDING_AUTH": "sockets that may wait for their `auth` frame at once (1013 beyond)",
     "SOCKET_LEASE": "seconds a dead process's sockets still count against `MAX_SOCKETS_PER_USER` (`redis://`)",
     "TOKEN_EXPIRY": "`close`: an `exp` passing mid-connection sends `token_expiring`, then 4001; or `ignore`",
+    "HEADER_TIMEOUT": "seconds a connection has for its request head (then 408), an upgrade for its handshake",
+    "IDLE_TIMEOUT": "seconds a connection may send nothing while its request head is due (then 408)",
+    "MAX_PENDING_PER_IP": "connections one address may have not yet accepted or authenticated (503, 1013 beyond)",
+    "MAX_CONNECTIONS": "open connections in one process (503 beyond); unset, `ulimit -n` less an eighth (at least 64)",
     "TOKEN_GRACE": "seconds after `token_expiring` to send a fresh `auth`",
     "LOG_LEVEL": "`debug`, `info`, `warning`, `error`, `critical`",
     "LOG_FORMAT": "`text`, or `json` for one JSON object per line",
@@ -78,7 +82,12 @@ MEANINGS: dict[str, str] = {
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}
 # Defaults that are not a `Settings` field's default as it stands.
-DEFAULTS = {"JWT_SECRET": "(required)", "JWT_ALGORITHMS": "`HS256`", "WEB_CONCURRENCY": "1"}
+DEFAULTS = {
+    "JWT_SECRET": "(required)",
+    "JWT_ALGORITHMS": "`HS256`",
+    "WEB_CONCURRENCY": "1",
+    "MAX_CONNECTIONS": "(open-file limit)",
+}
 READ = re.compile(r'reader\.\w+\("([A-Z_]+)"')
 FIELD = re.compile(r'^\s*(\w+)=.*?reader\.\w+\("([A-Z_]+)"', re.MULTILINE)
 

@@ -183,6 +183,12 @@ class BaseEndpoint(WebSocketEndpoint):
         if rt.pending_auth >= rt.settings.max_pending_auth:
             self._close(TRY_AGAIN, "too many unauthenticated sockets")
             return None
+        # Per client address too (through a trusted proxy, the one it forwarded):
+        # one client cannot take every waiting place.
+        host = (self.scope.get("client") or ("",))[0]
+        if host and not rt.pending_per_address.take(host):
+            self._close(TRY_AGAIN, "too many unauthenticated sockets from this address")
+            return None
         rt.pending_auth += 1
         try:
             message = await asyncio.wait_for(self.receive(), rt.settings.auth_timeout)
@@ -191,6 +197,8 @@ class BaseEndpoint(WebSocketEndpoint):
             return None
         finally:
             rt.pending_auth -= 1
+            if host:
+                rt.pending_per_address.release(host)
         if message["type"] != "websocket.receive":
             self.close_code = int(message.get("code") or NORMAL)
             return None

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from endpoints.auth import Identity, TokenVerifier
 from endpoints.chat_presence import ChatPresence
+from endpoints.guard import PendingPerAddress
 from endpoints.limits import TokenBucket
 from endpoints.metrics import Metrics
 from endpoints.revocation import Revocations
@@ -34,6 +35,9 @@ class Runtime:
     # One frame budget per user across their sockets in this process.
     user_buckets: dict[int, TokenBucket] = field(default_factory=dict)
     pending_auth: int = 0
+    # Connections not yet accepted or authenticated, per client address
+    # (MAX_PENDING_PER_IP): the connection guard and the endpoints share it.
+    pending_per_address: PendingPerAddress = field(init=False)
     # Consultation presence; the lifespan passes the one the broker calls for.
     presence: Presence = field(default_factory=MemoryPresence)
     # Who has a chat socket open on which room (chat notifications); the lifespan passes it.
@@ -50,6 +54,9 @@ class Runtime:
     draining: bool = False
     # Frames whose handler is running (a store write and its echo in flight).
     handling: int = 0
+
+    def __post_init__(self) -> None:
+        self.pending_per_address = PendingPerAddress(self.settings.max_pending_per_ip)
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the

@@ -111,10 +111,15 @@ async def serving(app: Any, ws_impl: str = "websockets-sansio", **config: Any) -
             await asyncio.wait_for(task, 10)
 
 
+# The Procfile's `--http`: uvicorn's HTTP protocol under the connection guard.
+GUARDED_HTTP = "endpoints.guard:http_protocol"
+
+
 @contextlib.asynccontextmanager
-async def running(settings: Settings, ws_impl: str = "websockets-sansio") -> AsyncIterator[Server]:
+async def running(settings: Settings, ws_impl: str = "websockets-sansio", **config: Any) -> AsyncIterator[Server]:
     app = create_app(settings)
-    async with serving(app, ws_impl, lifespan="on", ws_max_size=settings.max_frame_bytes * 4) as port:
+    config.setdefault("http", GUARDED_HTTP)
+    async with serving(app, ws_impl, lifespan="on", ws_max_size=settings.max_frame_bytes * 4, **config) as port:
         yield Server(port, settings, app)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
 import socket
@@ -62,8 +63,9 @@ class Proc:
         return self.popen.wait(timeout)
 
 
-def start(env: Mapping[str, str], log: Path, port: int | None = None) -> Proc:
-    """`port` None: a free one; a given port lets a restarted server take its predecessor's place."""
+def start(env: Mapping[str, str], log: Path, port: int | None = None, open_files: int | None = None) -> Proc:
+    """`port` None: a free one; a given port lets a restarted server take its predecessor's place.
+    `open_files`: the child's RLIMIT_NOFILE (to run it out of descriptors)."""
     port = port or free_port()
     full_env = {
         **os.environ,
@@ -85,13 +87,22 @@ def start(env: Mapping[str, str], log: Path, port: int | None = None) -> Proc:
             str(port),
             "--ws",
             "websockets-sansio",
+            "--http",
+            "endpoints.guard:http_protocol",
         ],
         cwd=ROOT,
         env=full_env,
         stdout=out,
         stderr=subprocess.STDOUT,
+        preexec_fn=None if open_files is None else functools.partial(_limit_files, open_files),
     )
     return Proc(port, popen, log)
+
+
+def _limit_files(count: int) -> None:
+    import resource
+
+    resource.setrlimit(resource.RLIMIT_NOFILE, (count, count))
 
 
 async def ready(proc: Proc, timeout: float = 20) -> None:
