@@ -29,11 +29,13 @@ from endpoints import api, asyncapi, consultation_api, control, dev, files, metr
 from endpoints.auth import TokenVerifier
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
+from endpoints.chat_notices import ChatNotices
 from endpoints.chat_presence import ChatPresence
 from endpoints.consultation import ConsultationEndpoint, describe_agora
 from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
+from endpoints.retention import Pruner
 from endpoints.runtime import Runtime
 from endpoints.scheduler import Scheduler
 from events import presence
@@ -122,6 +124,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             verifier,
             presence=presence.for_settings(settings),
             chat_presence=ChatPresence.for_settings(settings),
+            chat_notices=ChatNotices(settings.chat_notification_window),
             metrics=app_metrics,
         )
         app.state.runtime = runtime
@@ -138,10 +141,14 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await dev.seed(runtime, f"ws://127.0.0.1:{port}")
         scheduler = Scheduler(runtime)
         scheduler.start()
+        pruner = app.state.pruner = Pruner(settings, db)
+        pruner.start()
         try:
             yield {}
         finally:
             await scheduler.stop()
+            await pruner.stop()
+            await runtime.chat_notices.close()
             await hub.stop()
             await runtime.presence.close()
             await runtime.chat_presence.close()

@@ -55,6 +55,14 @@ class Settings:
     token_grace: float = 30.0
     log_level: str = "info"
     log_format: str = "text"
+    # Bounded growth (docs/retention.md): how long stream events and read
+    # notifications are kept, how often they are pruned, and the window chat
+    # notifications of one room are coalesced over.
+    stream_retention_seconds: int = 7 * 86_400
+    stream_retention_events: int = 10_000
+    read_notification_retention_seconds: int = 30 * 86_400
+    retention_interval: float = 60.0
+    chat_notification_window: float = 1.0
 
     @property
     def jwt_key(self) -> str:
@@ -111,6 +119,15 @@ class Settings:
         return self
 
 
+# (default, minimum, maximum, unit) of the retention settings.
+TEN_YEARS = 10 * 365 * 86_400
+RETAIN_SECONDS = (Settings.stream_retention_seconds, 1, TEN_YEARS, "seconds")
+RETAIN_EVENTS = (Settings.stream_retention_events, 1, 100_000_000, "events per stream")
+RETAIN_READ = (Settings.read_notification_retention_seconds, 1, TEN_YEARS, "seconds")
+PRUNE_EVERY = (Settings.retention_interval, 0.1, 86_400.0, "seconds")
+CHAT_WINDOW = (Settings.chat_notification_window, 0.05, 60.0, "seconds")
+
+
 def from_env(env: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if env is None else env
     reader = _Reader(env)
@@ -145,6 +162,11 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         token_grace=reader.float("TOKEN_GRACE", Settings.token_grace),
         log_level=(reader.str("LOG_LEVEL") or "info").lower(),
         log_format=(reader.str("LOG_FORMAT") or "text").lower(),
+        stream_retention_seconds=reader.bounded_int("STREAM_RETENTION_SECONDS", *RETAIN_SECONDS),
+        stream_retention_events=reader.bounded_int("STREAM_RETENTION_EVENTS", *RETAIN_EVENTS),
+        read_notification_retention_seconds=reader.bounded_int("READ_NOTIFICATION_RETENTION_SECONDS", *RETAIN_READ),
+        retention_interval=reader.bounded_float("RETENTION_INTERVAL_SECONDS", *PRUNE_EVERY),
+        chat_notification_window=reader.bounded_float("CHAT_NOTIFICATION_WINDOW_SECONDS", *CHAT_WINDOW),
     )
     return settings.checked()
 
@@ -190,4 +212,28 @@ class _Reader:
             raise SettingsError(f"{name}: {raw!r} is not a number") from None
         if not 0 < value < 86_400:
             raise SettingsError(f"{name}: must be a positive number of seconds, got {raw}")
+        return value
+
+    def bounded_int(self, name: str, default: int, minimum: int, maximum: int, unit: str) -> int:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise SettingsError(f"{name}: must be an integer from {minimum} to {maximum} ({unit}), got {raw!r}")
+        return value
+
+    def bounded_float(self, name: str, default: float, minimum: float, maximum: float, unit: str) -> float:
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise SettingsError(f"{name}: must be a number from {minimum:g} to {maximum:g} ({unit}), got {raw!r}")
         return value

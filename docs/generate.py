@@ -62,6 +62,11 @@ MEANINGS: dict[str, str] = {
     "TOKEN_GRACE": "seconds after `token_expiring` to send a fresh `auth`",
     "LOG_LEVEL": "`debug`, `info`, `warning`, `error`",
     "LOG_FORMAT": "`text`, or `json` for one JSON object per line",
+    "STREAM_RETENTION_SECONDS": "seconds a stream event (what `?since=` replays) is kept (1 s to 10 years)",
+    "STREAM_RETENTION_EVENTS": "events kept per stream (room or user) at most, newest first",
+    "READ_NOTIFICATION_RETENTION_SECONDS": "seconds a read notification is kept, counted from its creation",
+    "RETENTION_INTERVAL_SECONDS": "seconds between pruning passes (small batches with pauses between)",
+    "CHAT_NOTIFICATION_WINDOW_SECONDS": "seconds a room's chat notifications are gathered into one write (0.05 to 60)",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}

@@ -281,6 +281,33 @@ def schema_statements(text: str) -> list[str]:
     return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
 
 
+# `ALTER TABLE t ADD COLUMN IF NOT EXISTS c ...`: PostgreSQL's clause, which SQLite lacks.
+ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+(\w+)\b", re.IGNORECASE)
+
+
+async def _sqlite_execute(runner: Runner, stmt: str) -> None:
+    """A schema statement on SQLite: an added column is added only when the
+    table does not have it yet (upgrading a database made by an older version)."""
+    match = ADD_COLUMN.match(stmt)
+    if match is None:
+        await runner.execute(stmt)
+        return
+    table, column = match.groups()
+
+    async def has_column() -> bool:
+        rows = await runner.fetch_all(f"PRAGMA table_info({table})")
+        return column.lower() in {str(row[1]).lower() for row in rows}
+
+    if await has_column():
+        return
+    try:
+        await runner.execute(ADD_COLUMN.sub(f"ALTER TABLE {table} ADD COLUMN {column}", stmt, count=1))
+    except Exception:
+        # Another process starting on the same file may have added it meanwhile.
+        if not await has_column():
+            raise
+
+
 class Db:
     """The database of one server process."""
 
@@ -333,7 +360,7 @@ class Db:
         statements = schema_statements(SCHEMA.read_text())
         if self.is_sqlite:
             for stmt in statements:
-                await runner.execute(stmt)
+                await _sqlite_execute(runner, stmt)
             return
         await runner.execute(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})")
         try:

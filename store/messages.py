@@ -104,10 +104,10 @@ class PostMessages:
                 record = to_record(row, False)
                 text = streams.frame("chat_message", seq, {"message": record})
                 rows.append(row)
-                events.append((stream, seq, text))
+                events.append((stream, seq, text, now))
                 results[index] = Posted(record, text, seq)
             await tx.executemany(f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
-            await tx.executemany("INSERT INTO stream_events (stream, seq, frame) VALUES (?, ?, ?)", events)
+            await tx.executemany(streams.INSERT_EVENT, events)
         for index, item in enumerate(items):
             if results[index] is None:
                 original = results[first_of[item.key]]
