@@ -134,6 +134,12 @@ async def sender(conn: ClientConnection, seconds: float, times: list[float] | No
     return {"sent": sent, "echoed": echoed, "rate_limited": limited}
 
 
+async def _drain(conn: ClientConnection) -> None:
+    with contextlib.suppress(Exception):
+        async for _ in conn:
+            pass
+
+
 async def scenario(port: int, db: Path, args: argparse.Namespace) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {SERVICE_KEY}"}
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=60) as api:
@@ -142,7 +148,10 @@ async def scenario(port: int, db: Path, args: argparse.Namespace) -> dict[str, A
             response = await api.post("/api/rooms", json={"id": room, "member_ids": members})
             response.raise_for_status()
     probe = await chat_socket(port, "probe", 900_001)
-    listener = await chat_socket(port, "probe", 900_002)  # the probe room's other member is there
+    # The probe room's other member is there (and reads: a socket that falls
+    # OUTBOUND_QUEUE frames behind is closed, and would then be notified).
+    listener = await chat_socket(port, "probe", 900_002)
+    drain = asyncio.create_task(_drain(listener))
     idle: list[float] = []
     await sender(probe, args.idle, idle)
     before = store_size(db)
@@ -162,6 +171,7 @@ async def scenario(port: int, db: Path, args: argparse.Namespace) -> dict[str, A
         await asyncio.sleep(2.0)
     after = store_size(db)
     big_rows = big_room_rows(db)
+    drain.cancel()
     for conn in (probe, listener, loud):
         await conn.close()
     messages = max(1, big_rows["messages"])  # the big room's messages the store took
