@@ -19,6 +19,8 @@ from store.notifications import Created, Kind
 # Publishes in flight at once: a batch to 10,000 users must not open 10,000 broker requests.
 PUBLISH_CONCURRENCY = 64
 PREVIEW = 100
+# Away members per write job of a chat notification window.
+WINDOW_WRITE = 500
 
 
 async def notify(
@@ -89,8 +91,11 @@ async def _chat_window(runtime: Runtime, room_id: str, window: Window) -> None:
         if latest is not None:
             title = f"{latest['sender']['name']}님의 새 메시지"
             notices.append(notifications.ChatNotice(user_id, count, title, _preview(latest)))
-    if notices:
-        await publish(runtime, await notifications.coalesce_chat(runtime.db, room_id, notices))
+    # In writes of a few hundred users each: other writes (a message in another
+    # room) go between them instead of waiting behind one huge transaction.
+    for start in range(0, len(notices), WINDOW_WRITE):
+        chunk = notices[start : start + WINDOW_WRITE]
+        await publish(runtime, await notifications.coalesce_chat(runtime.db, room_id, chunk))
 
 
 def _preview(message: dict[str, Any]) -> str:

@@ -118,8 +118,15 @@ async def coalesce_chat(db: Db, room_id: str, notices: list[ChatNotice]) -> list
     Only users who are members of the room when it is written."""
 
     async def job(tx: Runner) -> list[Created]:
-        rows = await tx.fetch_all("SELECT user_id FROM room_members WHERE room_id = ?", (room_id,))
-        members = {int(row[0]) for row in rows}
+        asked = sorted({n.user_id for n in notices if n.count > 0})
+        members: set[int] = set()
+        for start in range(0, len(asked), READ_CHUNK):
+            chunk = asked[start : start + READ_CHUNK]
+            rows = await tx.fetch_all(
+                f"SELECT user_id FROM room_members WHERE room_id = ? AND user_id IN ({', '.join('?' * len(chunk))})",
+                [room_id, *chunk],
+            )
+            members.update(int(row[0]) for row in rows)
         wanted = {n.user_id: n for n in notices if n.user_id in members and n.count > 0}
         if not wanted:
             return []
