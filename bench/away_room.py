@@ -41,6 +41,7 @@ from typing import Any
 import httpx
 import jwt
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 SECRET = "bench-secret-of-at-least-32-bytes-long!"
 SERVICE_KEY = "bench-service-key"
@@ -93,7 +94,9 @@ def rows_now(db: Path) -> int:
 
 
 async def chat_socket(port: int, room: str, user_id: int) -> ClientConnection:
-    conn = await connect(f"ws://127.0.0.1:{port}/ws/chat/{room}/?token={token(user_id)}", max_size=2**24)
+    # No client keepalive: a stalled server is measured, not hung up on.
+    url = f"ws://127.0.0.1:{port}/ws/chat/{room}/?token={token(user_id)}"
+    conn = await connect(url, max_size=2**24, ping_interval=None, open_timeout=60)
     while json.loads(await conn.recv())["type"] != "message_history":
         pass
     return conn
@@ -120,18 +123,23 @@ async def sender(conn: ClientConnection, seconds: float, times: list[float] | No
     reader = asyncio.create_task(read())
     deadline = time.perf_counter() + seconds
     next_at = time.perf_counter()
+    closed = None
     while next_at < deadline:
         text = f"m{sent}"
         pending[text] = time.perf_counter()
-        await conn.send(json.dumps({"type": "chat_message", "content": text}))
+        try:
+            await conn.send(json.dumps({"type": "chat_message", "content": text}))
+        except ConnectionClosed as exc:
+            closed = str(exc)
+            break
         sent += 1
         next_at += PERIOD
         await asyncio.sleep(max(0.0, next_at - time.perf_counter()))
     await asyncio.sleep(1.0)  # the last echoes
     reader.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
+    with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
         await reader
-    return {"sent": sent, "echoed": echoed, "rate_limited": limited}
+    return {"sent": sent, "echoed": echoed, "rate_limited": limited, "closed": closed}
 
 
 async def _drain(conn: ClientConnection) -> None:
@@ -184,6 +192,7 @@ async def scenario(port: int, db: Path, args: argparse.Namespace) -> dict[str, A
         "rtt_idle_ms": {"p50": quantile(idle, 0.5), "p99": quantile(idle, 0.99), "n": len(idle)},
         "rtt_burst_ms": {"p50": quantile(burst, 0.5), "p99": quantile(burst, 0.99), "n": len(burst)},
         "rtt_burst_mean_ms": round(statistics.fmean(burst) * 1000, 2) if burst else None,
+        "rtt_burst_worst_ms": [round(t * 1000, 1) for t in sorted(burst)[-8:]],
         "store_gained": gained,
         "big_room_rows": big_rows,
         "big_room_rows_per_message": round((sum(big_rows.values())) / messages, 1),
