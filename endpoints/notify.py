@@ -19,8 +19,10 @@ from store.notifications import Created, Kind
 # Publishes in flight at once: a batch to 10,000 users must not open 10,000 broker requests.
 PUBLISH_CONCURRENCY = 64
 PREVIEW = 100
-# Away members per write job of a chat notification window.
-WINDOW_WRITE = 500
+# Away members per write job of a chat notification window: small jobs keep
+# the single writer free for other rooms (measured with bench/away_room.py:
+# p99 round trip elsewhere 46 ms with 500, 19 ms with 100, 21 ms with 50).
+WINDOW_WRITE = 100
 
 
 async def notify(
