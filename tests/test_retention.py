@@ -249,3 +249,51 @@ async def _stamped(server: Server) -> bool:
 
 async def _aged_out(server: Server) -> bool:
     return 1 not in await seqs(server, "user:5")
+
+
+async def test_a_hole_in_the_kept_events_is_a_resync_not_a_silent_gap(server: Server) -> None:
+    await server.room("r", [1, 2])
+    async with chat(server, "r", 1) as sender:
+        await sender.expect("message_history")
+        for n in range(4):
+            await send(sender, f"m{n}")
+
+    # As a clock step between two nodes could leave it: seq 3 pruned, 2 and 4 kept.
+    async def punch(tx: Any) -> None:
+        await tx.execute("DELETE FROM stream_events WHERE stream = 'room:r' AND seq = 3")
+
+    await server.runtime.db.write(punch)
+    async with chat(server, "r", 2, since=1) as late:
+        assert (await late.expect("resync_required"))["last_seq"] == 4
+        await late.expect("message_history")
+    async with chat(server, "r", 2, since=3) as current:
+        assert (await current.expect("chat_message"))["seq"] == 4
+        await current.silent()
+
+
+@pytest.mark.settings(rate_limit=1000.0, rate_burst=1000.0)
+async def test_two_pruners_on_one_database_delete_each_row_once(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from endpoints import retention as service
+    from endpoints.retention import Pruner
+    from store.db import Db
+
+    monkeypatch.setattr(service, "BATCH", 7)
+    await server.room("r", [1, 2])
+    async with chat(server, "r", 1) as sender:
+        await sender.expect("message_history")
+        for n in range(60):
+            await send(sender, f"m{n}")
+    settings = base_settings(tmp_path, stream_retention_events=2)
+    other = Db(server.settings.database_url)
+    await other.connect()
+    try:
+        here, there = Pruner(settings, server.runtime.db), Pruner(settings, other)
+        counts = await asyncio.gather(here.prune(), there.prune())
+    finally:
+        await other.disconnect()
+    # However the two interleaved (on PostgreSQL one may find the other's lock and stop), together
+    # they deleted exactly the 58 extra events, and the newest two are kept.
+    assert sum(c["events over the per-stream count"] for c in counts) == 58
+    assert await seqs(server, "room:r") == [59, 60]
