@@ -4,13 +4,16 @@ updated in place (`notification_updated`), resumable, ended by a read."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sqlite3
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from endpoints.chat_notices import Window
-from tests.conftest import Server, chat, token, ws
+from tests.conftest import Server, base_settings, chat, running, token, ws
 from tests.store_checks import store_is_whole
 
 
@@ -137,3 +140,19 @@ def test_a_window_never_tells_a_user_of_its_own_messages() -> None:
     only = Window()
     only.add(message(5, "x"))
     assert only.for_user(5) == (0, None)
+
+
+async def test_shutdown_writes_the_window_it_was_gathering(tmp_path: Path) -> None:
+    settings = base_settings(tmp_path, chat_notification_window=60.0)
+    async with running(settings) as server:
+        await server.room("r", [1, 2])
+        async with chat(server, "r", 1) as sender:
+            await sender.expect("message_history")
+            for text in ("first", "second", "third"):
+                await sender.send({"type": "chat_message", "content": text})
+                await sender.expect("chat_message")
+        await wait_for(server, "SELECT COUNT(*) FROM notifications", (), (1,))
+    # The first was told at once; the other two were waiting for the window's end.
+    with contextlib.closing(sqlite3.connect(tmp_path / "test.db")) as conn:
+        row = conn.execute("SELECT message_count, body FROM notifications WHERE user_id = 2").fetchone()
+    assert row == (3, "third")
