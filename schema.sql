@@ -178,3 +178,23 @@ CREATE TABLE IF NOT EXISTS stream_outbox (
     created_ms BIGINT NOT NULL,
     PRIMARY KEY (stream, seq)
 );
+
+-- Retention (docs/retention.md). Columns added after the first release are
+-- added with `ADD COLUMN IF NOT EXISTS`: PostgreSQL runs it as it is; on
+-- SQLite, which lacks the clause, the store adds the column only when
+-- `PRAGMA table_info` does not list it (store/db.py).
+-- When the event was written; old events are pruned by it. NULL (rows from
+-- before this column): the pruner stamps them with the time it first sees them.
+ALTER TABLE stream_events ADD COLUMN IF NOT EXISTS created_at TEXT;
+CREATE INDEX IF NOT EXISTS stream_events_created ON stream_events (created_at);
+
+-- A chat notification is coalesced per user and room while unread: `room_id`
+-- is its room (NULL for other notifications), `message_count` how many
+-- messages it stands for. At most one unread one per (user, room).
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS room_id TEXT;
+ALTER TABLE notifications ADD COLUMN IF NOT EXISTS message_count INTEGER;
+CREATE UNIQUE INDEX IF NOT EXISTS notifications_unread_chat
+    ON notifications (user_id, room_id) WHERE room_id IS NOT NULL AND read_seq IS NULL;
+-- Read notifications by age, for the pruner; unread ones are not indexed here.
+CREATE INDEX IF NOT EXISTS notifications_read_created
+    ON notifications (created_at) WHERE read_seq IS NOT NULL;

@@ -40,12 +40,14 @@ from endpoints import (
 from endpoints.auth import TokenVerifier
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
+from endpoints.chat_notices import ChatNotices
 from endpoints.chat_presence import ChatPresence
 from endpoints.consultation import ConsultationEndpoint, describe_agora
 from endpoints.drain import Drain
 from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
+from endpoints.retention import Pruner
 from endpoints.runtime import Runtime
 from endpoints.scheduler import Scheduler
 from endpoints.session import for_settings as session_cookies
@@ -154,6 +156,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             verifier,
             presence=presence.for_settings(settings),
             chat_presence=ChatPresence.for_settings(settings),
+            chat_notices=ChatNotices(settings.chat_notification_window),
             metrics=app_metrics,
             slots=socket_slots.for_settings(settings),
             sessions=session_cookies(settings, verifier),
@@ -180,12 +183,16 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         drain = Drain(runtime, settings.drain_timeout)
         drain.install()
         guard.AcceptErrors.install(asyncio.get_running_loop())
+        pruner = app.state.pruner = Pruner(settings, db)
+        pruner.start()
         try:
             # The lifespan state reaches `--http endpoints.guard:http_protocol` through uvicorn.
             yield guard.state(settings, runtime.pending_per_address)
         finally:
             drain.uninstall()
             await scheduler.stop()
+            await pruner.stop()
+            await runtime.chat_notices.close()
             await hub.stop()
             await runtime.presence.close()
             await runtime.chat_presence.close()

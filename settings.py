@@ -18,6 +18,7 @@ import jwt
 # tokens with it, which is the point of dev mode and why it is never the default.
 DEV_SECRET = "dev-mode-insecure-secret-do-not-deploy"
 STRONG_SECRET_LENGTH = 32
+TEN_YEARS = 10 * 365 * 86_400
 DAY = 86_400
 MAX_RATE = 1_000_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -73,6 +74,14 @@ class Settings:
     session_secret: str | None = None
     session_ttl: float = 900.0
     drain_timeout: float = 10.0
+    # Bounded growth (docs/retention.md): how long stream events and read
+    # notifications are kept, how often they are pruned, and the window chat
+    # notifications of one room are coalesced over.
+    stream_retention_seconds: int = 7 * 86_400
+    stream_retention_events: int = 10_000
+    read_notification_retention_seconds: int = 30 * 86_400
+    retention_interval: float = 60.0
+    chat_notification_window: float = 1.0
 
     @property
     def jwt_key(self) -> str:
@@ -211,6 +220,19 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         session_secret=reader.str("SESSION_SECRET"),
         session_ttl=reader.float("SESSION_TTL", Settings.session_ttl),
         drain_timeout=reader.float("DRAIN_TIMEOUT", Settings.drain_timeout),
+        stream_retention_seconds=reader.int(
+            "STREAM_RETENTION_SECONDS", Settings.stream_retention_seconds, 1, TEN_YEARS, "seconds"
+        ),
+        stream_retention_events=reader.int(
+            "STREAM_RETENTION_EVENTS", Settings.stream_retention_events, 1, 10**8, "events per stream"
+        ),
+        read_notification_retention_seconds=reader.int(
+            "READ_NOTIFICATION_RETENTION_SECONDS", Settings.read_notification_retention_seconds, 1, TEN_YEARS, "seconds"
+        ),
+        retention_interval=reader.float("RETENTION_INTERVAL_SECONDS", Settings.retention_interval, minimum=0.1),
+        chat_notification_window=reader.float(
+            "CHAT_NOTIFICATION_WINDOW_SECONDS", Settings.chat_notification_window, minimum=0.05, maximum=60
+        ),
     )
     return settings.checked()
 

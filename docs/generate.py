@@ -78,6 +78,11 @@ MEANINGS: dict[str, str] = {
     "(with `JWT_PUBLIC_KEY` and no `SESSION_SECRET`, no session cookies)",
     "SESSION_TTL": "seconds a session cookie lives (never past its access token's `exp`)",
     "DRAIN_TIMEOUT": "seconds SIGTERM's drain may take before uvicorn's own shutdown goes on",
+    "STREAM_RETENTION_SECONDS": "seconds a stream event (what `?since=` replays) is kept (1 s to 10 years)",
+    "STREAM_RETENTION_EVENTS": "events kept per stream (room or user) at most, newest first",
+    "READ_NOTIFICATION_RETENTION_SECONDS": "seconds a read notification is kept, counted from its creation",
+    "RETENTION_INTERVAL_SECONDS": "seconds between pruning passes (small batches with pauses between)",
+    "CHAT_NOTIFICATION_WINDOW_SECONDS": "seconds a room's chat notifications are gathered into one write (0.05 to 60)",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}
@@ -88,8 +93,8 @@ DEFAULTS = {
     "WEB_CONCURRENCY": "1",
     "MAX_CONNECTIONS": "(open-file limit)",
 }
-READ = re.compile(r'reader\.\w+\("([A-Z_]+)"')
-FIELD = re.compile(r'^\s*(\w+)=.*?reader\.\w+\("([A-Z_]+)"', re.MULTILINE)
+READ = re.compile(r'reader\.\w+\(\s*"([A-Z_]+)"')
+FIELD = re.compile(r'^\s*(\w+)=[\w.]*\(?\s*reader\.\w+\(\s*"([A-Z_]+)"', re.MULTILINE)
 
 
 def settings_variables() -> list[tuple[str, str | None]]:

@@ -406,7 +406,7 @@ class BaseEndpoint(WebSocketEndpoint):
         try:
             if since is not None:
                 last = await streams.last_seq(db, self.stream)
-                events = await streams.since(db, self.stream, since, limit) if since <= last else None
+                events = await streams.since(db, self.stream, since, limit, last) if since <= last else None
                 if events is not None:
                     for _seq, frame in events:
                         self.out.push(frame)

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from endpoints.auth import Identity, TokenVerifier
+from endpoints.chat_notices import ChatNotices
 from endpoints.chat_presence import ChatPresence
 from endpoints.guard import PendingPerAddress
 from endpoints.limits import TokenBucket
@@ -42,6 +43,8 @@ class Runtime:
     presence: Presence = field(default_factory=MemoryPresence)
     # Who has a chat socket open on which room (chat notifications); the lifespan passes it.
     chat_presence: ChatPresence = field(default_factory=ChatPresence)
+    # Chat notifications gathered per room and window; the lifespan passes the configured window.
+    chat_notices: ChatNotices = field(default_factory=ChatNotices)
     # This app's Prometheus metrics (`GET /metrics`); create_app passes its own registry.
     metrics: Metrics = field(default_factory=Metrics)
     # The per-user socket limit across processes; the lifespan passes the one the broker calls for.

@@ -92,6 +92,7 @@ class NotificationRecord(Record):
     is_read: bool
     created_at: Timestamp
     action_url: str | UnsetType = UNSET
+    count: Annotated[int, Meta(ge=1, description="chat notifications: the messages it stands for")] | UnsetType = UNSET
 
 
 class Participant(Record):
@@ -390,6 +391,14 @@ class NewNotification(ServerFrame, tag="new_notification"):
     notification: NotificationRecord
 
 
+class NotificationUpdated(ServerFrame, tag="notification_updated"):
+    """An unread chat notification now stands for more messages: the same `id`,
+    the latest sender and text, `count` added up; to every socket of its user."""
+
+    seq: Seq
+    notification: NotificationRecord
+
+
 class NotificationRead(ServerFrame, tag="notification_read"):
     """A notification was marked read, to every socket of its user."""
 
@@ -437,7 +446,7 @@ SENDS: dict[str, tuple[type[ServerFrame], ...]] = {
         ClientMessageEvent,
         ExpertMessageEvent,
     ),
-    "notifications": (*COMMON, BulkUpdate, ResyncRequired, NewNotification, NotificationRead),
+    "notifications": (*COMMON, BulkUpdate, ResyncRequired, NewNotification, NotificationUpdated, NotificationRead),
 }
 
 # Path parameters of the socket routes.

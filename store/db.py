@@ -558,6 +558,44 @@ class Held:
             self._task.cancel()
 
 
+# `ALTER TABLE t ADD COLUMN IF NOT EXISTS c ...`: PostgreSQL's clause, which SQLite lacks.
+ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+(\w+)\b", re.IGNORECASE)
+
+
+async def _schema_execute(runner: Runner, stmt: str, is_sqlite: bool) -> None:
+    """One schema statement. An added column is added only when the table does
+    not have it yet (upgrading a database made by an older version): SQLite
+    has no `IF NOT EXISTS` there, and on PostgreSQL even a no-op ALTER TABLE
+    would wait for, then block, every query on a busy table at each start."""
+    match = ADD_COLUMN.match(stmt)
+    if match is None:
+        await runner.execute(stmt)
+        return
+    table, column = match.groups()
+
+    async def has_column() -> bool:
+        if not is_sqlite:
+            sql = (
+                "SELECT 1 FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?"
+            )
+            return await runner.fetch_one(sql, (table.lower(), column.lower())) is not None
+        rows = await runner.fetch_all(f"PRAGMA table_info({table})")
+        return column.lower() in {str(row[1]).lower() for row in rows}
+
+    if await has_column():
+        return
+    if not is_sqlite:
+        await runner.execute(stmt)
+        return
+    try:
+        await runner.execute(ADD_COLUMN.sub(f"ALTER TABLE {table} ADD COLUMN {column}", stmt, count=1))
+    except Exception:
+        # Another process starting on the same file may have added it meanwhile.
+        if not await has_column():
+            raise
+
+
 class Db:
     """The database of one server process."""
 
@@ -619,12 +657,12 @@ class Db:
         statements = schema_statements(SCHEMA.read_text())
         if self.is_sqlite:
             for stmt in statements:
-                await runner.execute(stmt)
+                await _schema_execute(runner, stmt, True)
             return
         await runner.execute(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})")
         try:
             for stmt in statements:
-                await runner.execute(stmt)
+                await _schema_execute(runner, stmt, False)
         finally:
             await runner.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
 

@@ -111,7 +111,7 @@ class PostMessages:
                 record = to_record(row, False)
                 text = streams.frame("chat_message", seq, {"message": record})
                 rows.append(row)
-                events.append((stream, seq, text))
+                events.append((stream, seq, text, now))
                 results[index] = Posted(record, text, seq)
             await tx.executemany(f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
             await outbox.record(tx, events)

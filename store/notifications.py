@@ -1,7 +1,8 @@
 """Per-user notifications on the user's stream (`user:<id>`).
 
 Each change is a stream event in the same transaction: `new_notification`
-(its seq is the notification's `seq`), `notification_read`, and the
+(its seq is the notification's `seq`), `notification_updated` (a coalesced
+chat notification that counts more messages), `notification_read`, and the
 `bulk_update` that `mark_all_read` produces. A notification remembers the seq
 that read it (`read_seq`), so a snapshot taken at seq N shows exactly the state
 after event N, and the events after N apply on top of it without double counts.
@@ -19,8 +20,9 @@ from store.errors import NotFound
 
 Kind = Literal["consultation", "message", "payment", "system"]
 KINDS = ("consultation", "message", "payment", "system")
-COLUMNS = "id, user_id, seq, type, title, body, action_url, read_seq, created_at"
+COLUMNS = "id, user_id, seq, type, title, body, action_url, read_seq, created_at, message_count"
 # Ids per `IN (...)` read: far under the parameter limits of SQLite and PostgreSQL.
+READ_CHUNK = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +30,18 @@ class Created:
     user_id: int
     seq: int
     notification: dict[str, Any]
-    frame: str  # the `new_notification` event
+    frame: str  # the `new_notification` (or `notification_updated`) event
+    event: str = "new_notification"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatNotice:
+    """What one user is told about a room's messages of one coalescing window."""
+
+    user_id: int
+    count: int  # messages in the window (not the user's own)
+    title: str
+    body: str
 
 
 def to_record(row: Row, upto: int | None = None) -> dict[str, Any]:
@@ -44,6 +57,8 @@ def to_record(row: Row, upto: int | None = None) -> dict[str, Any]:
     }
     if row[6] is not None:
         record["action_url"] = row[6]
+    if len(row) > 9 and row[9] is not None:
+        record["count"] = int(row[9])
     return record
 
 
@@ -82,15 +97,86 @@ async def create(
         created: list[Created] = []
         for user_id, (name,) in zip(targets, names, strict=True):
             seq = seqs[name]
-            row = (new_id(), user_id, seq, kind, title, body, action_url, None, created_at)
+            row = (new_id(), user_id, seq, kind, title, body, action_url, None, created_at, None)
             record = to_record(row)
             frame = streams.frame("new_notification", seq, {"notification": record})
             rows_out.append(row)
-            events.append((name, seq, frame))
+            events.append((name, seq, frame, created_at))
             created.append(Created(user_id, seq, record, frame))
-        await tx.executemany(f"INSERT INTO notifications ({COLUMNS}) VALUES ({', '.join('?' * 9)})", rows_out)
+        await tx.executemany(f"INSERT INTO notifications ({COLUMNS}) VALUES ({', '.join('?' * 10)})", rows_out)
         await outbox.record(tx, events)
         return created
+
+    return await db.write(job)
+
+
+async def coalesce_chat(db: Db, room_id: str, notices: list[ChatNotice]) -> list[Created]:
+    """One window of a room's chat notifications, in one write job: per user,
+    a new notification (`new_notification`) or, while the last one for this
+    room is unread, that one updated in place (`notification_updated`: latest
+    title and text, count added up). Each is one event on the user's stream.
+    Only users who are members of the room when it is written."""
+
+    async def job(tx: Runner) -> list[Created]:
+        asked = sorted({n.user_id for n in notices if n.count > 0})
+        members: set[int] = set()
+        for start in range(0, len(asked), READ_CHUNK):
+            chunk = asked[start : start + READ_CHUNK]
+            rows = await tx.fetch_all(
+                f"SELECT user_id FROM room_members WHERE room_id = ? AND user_id IN ({', '.join('?' * len(chunk))})",
+                [room_id, *chunk],
+            )
+            members.update(int(row[0]) for row in rows)
+        wanted = {n.user_id: n for n in notices if n.user_id in members and n.count > 0}
+        if not wanted:
+            return []
+        # Sorted, as in `create`. On PostgreSQL the upsert on `streams` also locks
+        # each user's stream row until commit, so a second node flushing the same
+        # room waits here and then sees this one's row: no duplicate (user, room).
+        targets = sorted(wanted)
+        names = {user_id: streams.user_stream(user_id) for user_id in targets}
+        before = await streams.advance(tx, {names[user_id]: 1 for user_id in targets})
+        existing: dict[int, Row] = {}
+        for start in range(0, len(targets), READ_CHUNK):
+            chunk = targets[start : start + READ_CHUNK]
+            found = await tx.fetch_all(
+                f"SELECT {COLUMNS} FROM notifications WHERE room_id = ? AND read_seq IS NULL "
+                f"AND user_id IN ({', '.join('?' * len(chunk))})",
+                [room_id, *chunk],
+            )
+            existing.update((int(row[1]), row) for row in found)
+        now = utc_now()
+        inserts: list[tuple[Any, ...]] = []
+        updates: list[tuple[Any, ...]] = []
+        events: list[tuple[str, int, str, str]] = []
+        out: list[Created] = []
+        for user_id in targets:
+            notice, old, seq = wanted[user_id], existing.get(user_id), before[names[user_id]] + 1
+            if old is None:
+                row: tuple[Any, ...] = (
+                    new_id(), user_id, seq, "message", notice.title, notice.body, None, None, now, notice.count
+                )  # fmt: skip
+                inserts.append((*row, room_id))
+                event = "new_notification"
+            else:
+                count = int(old[9] or 1) + notice.count
+                row = (old[0], user_id, old[2], old[3], notice.title, notice.body, old[6], None, old[8], count)
+                updates.append((notice.title, notice.body, count, old[0]))
+                event = "notification_updated"
+            record = to_record(row)
+            frame = streams.frame(event, seq, {"notification": record})
+            events.append((names[user_id], seq, frame, now))
+            out.append(Created(user_id, seq, record, frame, event))
+        if inserts:
+            await tx.executemany(
+                f"INSERT INTO notifications ({COLUMNS}, room_id) VALUES ({', '.join('?' * 11)})", inserts
+            )
+        if updates:
+            await tx.executemany(
+                "UPDATE notifications SET title = ?, body = ?, message_count = ? WHERE id = ?", updates
+            )
+        await outbox.record(tx, events)
+        return out
 
     return await db.write(job)
 

@@ -25,6 +25,7 @@ from store.db import Db, PgRunner, Runner
 Pending = tuple[str, int, str]
 Publish = Callable[[list[Pending]], Awaitable[None]]
 
+INSERT_EVENT = "INSERT INTO stream_events (stream, seq, frame, created_at) VALUES (?, ?, ?, ?)"
 INSERT = "INSERT INTO stream_outbox (stream, seq, created_ms) VALUES (?, ?, ?)"
 # Rows the relay takes per pass (one broker pipeline, one delete).
 RELAY_BATCH = 500
@@ -39,12 +40,13 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-async def record(tx: Runner, events: Sequence[tuple[str, int, str]]) -> None:
-    """Log stream events, and with the outbox on, their outbox rows: in the caller's transaction."""
-    await tx.executemany("INSERT INTO stream_events (stream, seq, frame) VALUES (?, ?, ?)", events)
+async def record(tx: Runner, events: Sequence[tuple[str, int, str, str]]) -> None:
+    """Log stream events `(stream, seq, frame, created_at)`, and with the outbox
+    on, their outbox rows: in the caller's transaction."""
+    await tx.executemany(INSERT_EVENT, events)
     if tx.outbox:
         created = now_ms()
-        await tx.executemany(INSERT, [(stream, seq, created) for stream, seq, _ in events])
+        await tx.executemany(INSERT, [(stream, seq, created) for stream, seq, _, _ in events])
 
 
 class Outbox:

@@ -13,11 +13,12 @@ from typing import Any
 import msgspec
 
 from store import outbox
-from store.db import Db, Runner
+from store.db import Db, Runner, utc_now
 
 _encode = msgspec.json.Encoder().encode
 # Streams read back per statement (well under every driver's parameter limit).
 READ_CHUNK = 500
+# Every writer of stream_events uses this, so each event has its time (retention prunes by it).
 
 
 def chat_stream(room_id: str) -> str:
@@ -78,7 +79,7 @@ async def append(tx: Runner, stream: str, type_: str, body: dict[str, Any], seq:
     if seq is None:
         seq = await next_seq(tx, stream)
     text = frame(type_, seq, body)
-    await outbox.record(tx, [(stream, seq, text)])
+    await outbox.record(tx, [(stream, seq, text, utc_now())])
     return seq, text
 
 
@@ -87,24 +88,36 @@ async def last_seq(db: Db, stream: str) -> int:
     return int(row[0]) if row else 0
 
 
-async def since(db: Db, stream: str, after: int, limit: int) -> list[tuple[int, str]] | None:
+def _unbroken(rows: list[tuple[int, str]], after: int) -> bool:
+    """The events run after+1, after+2, ... with none missing (retention prunes
+    the oldest; a clock step between nodes could leave a hole further on)."""
+    return not rows or (rows[0][0] == after + 1 and rows[-1][0] == after + len(rows))
+
+
+async def since(db: Db, stream: str, after: int, limit: int, upto: int = 0) -> list[tuple[int, str]] | None:
     """Events after `after`, oldest first; None when they cannot all be replayed:
-    more than `limit`, or the first of them no longer kept."""
-    rows = await db.fetch_all(
+    more than `limit`, some of them no longer kept, or fewer than reach `upto`
+    (the stream's last seq, when the caller knows it)."""
+    found = await db.fetch_all(
         "SELECT seq, frame FROM stream_events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
         (stream, after, limit + 1),
     )
-    if len(rows) > limit or (rows and int(rows[0][0]) != after + 1):
+    rows = [(int(seq), text) for seq, text in found]
+    if len(rows) > limit or not _unbroken(rows, after) or (rows[-1][0] if rows else after) < upto:
         return None
-    return [(int(seq), text) for seq, text in rows]
+    return rows
 
 
-async def between(db: Db, stream: str, after: int, upto: int) -> list[tuple[int, str]]:
-    rows = await db.fetch_all(
+async def between(db: Db, stream: str, after: int, upto: int) -> list[tuple[int, str]] | None:
+    """Events after+1..upto, or None when some of them are no longer kept."""
+    found = await db.fetch_all(
         "SELECT seq, frame FROM stream_events WHERE stream = ? AND seq > ? AND seq <= ? ORDER BY seq",
         (stream, after, upto),
     )
-    return [(int(seq), text) for seq, text in rows]
+    rows = [(int(seq), text) for seq, text in found]
+    if len(rows) != max(0, upto - after) or not _unbroken(rows, after):
+        return None
+    return rows
 
 
 # How many missed events a process refills from the store before it asks its

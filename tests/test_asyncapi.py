@@ -361,6 +361,15 @@ async def notifications_session(s: Session, channel: str, path: str, user: int) 
         await n.until("new_notification")
         await n.send({"type": "mark_all_read"})
         assert "seq" in await n.until("bulk_update")
+        # Two chat messages while away: a chat notification, then its update.
+        await s.server.room(f"n{user}", [user, 100 + user])
+        async with s.socket("chat", f"/ws/chat/n{user}/", 100 + user) as sender:
+            await sender.until("message_history")
+            for text in ("one", "two"):
+                await sender.send({"type": "chat_message", "content": text})
+                await sender.until("chat_message")
+        await n.until("new_notification")
+        assert (await n.until("notification_updated"))["notification"]["count"] == 2
         await s.common(n)
         async with s.socket(channel, path, user, since=999) as ahead:
             await ahead.expect("resync_required")

@@ -316,15 +316,18 @@ async def test_chat_messages_notify_members_away_from_the_room(server: Server) -
 
         await until(left)
         await sender.send({"type": "chat_message", "content": "x" * 300})
-        for c in (here_notes, away_notes):
-            body = (await c.expect("new_notification"))["notification"]["body"]
+        # User 2's first chat notification is new; user 3's unread one is updated in place.
+        fresh = (await here_notes.expect("new_notification"))["notification"]
+        updated = (await away_notes.expect("notification_updated"))["notification"]
+        assert updated["id"] == note["id"] and updated["count"] == 2 and fresh["count"] == 1
+        for body in (fresh["body"], updated["body"]):
             assert len(body) == 100 and body.endswith("…")
         await sender_notes.silent()
-        # A repeated client_msg_id is not a new message: no second notification.
+        # A repeated client_msg_id is not a new message: it is not counted.
         await sender.send({"type": "chat_message", "content": "once", "client_msg_id": "c"})
-        await away_notes.expect("new_notification")
+        assert (await away_notes.expect("notification_updated"))["notification"]["count"] == 3
         await sender.send({"type": "chat_message", "content": "once", "client_msg_id": "c"})
-        await away_notes.silent(0.5)
+        await away_notes.silent(1.5)
 
 
 async def test_a_member_removed_from_the_room_is_not_notified(server: Server) -> None:
@@ -384,7 +387,9 @@ async def test_triggers_and_reads_cross_processes(tmp_path: Path) -> None:
                 await sender.send({"type": "chat_message", "content": "gone?"})
                 for c in (two_on_one, two_on_two):
                     assert (await c.expect("new_notification"))["notification"]["body"] == "gone?"
-                await away.expect("new_notification")
+                # User 3 has not read "hi": the same notification now counts two messages.
+                again = (await away.expect("notification_updated"))["notification"]
+                assert again["id"] == note["id"] and again["count"] == 2 and again["body"] == "gone?"
 
                 # A read on one process reaches the tab on the other.
                 nid = (await post(two, user_id=2, title="api"))["notifications"][0]["id"]
