@@ -164,13 +164,13 @@ async def test_a_pass_deletes_in_bounded_batches(server: Server, monkeypatch: py
 
 
 BAD = [
-    ("STREAM_RETENTION_SECONDS", "0", "from 1 to 315360000 (seconds)"),
-    ("STREAM_RETENTION_SECONDS", "week", "from 1 to 315360000 (seconds)"),
-    ("STREAM_RETENTION_EVENTS", "-5", "from 1 to 100000000 (events per stream)"),
-    ("READ_NOTIFICATION_RETENTION_SECONDS", "1e3", "from 1 to 315360000 (seconds)"),
-    ("RETENTION_INTERVAL_SECONDS", "0", "from 0.1 to 86400 (seconds)"),
-    ("RETENTION_INTERVAL_SECONDS", "nan", "from 0.1 to 86400 (seconds)"),
-    ("CHAT_NOTIFICATION_WINDOW_SECONDS", "120", "from 0.05 to 60 (seconds)"),
+    ("STREAM_RETENTION_SECONDS", "0", "seconds from 1 to 315360000"),
+    ("STREAM_RETENTION_SECONDS", "week", "seconds from 1 to 315360000"),
+    ("STREAM_RETENTION_EVENTS", "-5", "events per stream from 1 to 100000000"),
+    ("READ_NOTIFICATION_RETENTION_SECONDS", "1e3", "seconds from 1 to 315360000"),
+    ("RETENTION_INTERVAL_SECONDS", "0", "seconds from 0.1 to 86400"),
+    ("RETENTION_INTERVAL_SECONDS", "nan", "seconds from 0.1 to 86400"),
+    ("CHAT_NOTIFICATION_WINDOW_SECONDS", "120", "seconds from 0.05 to 60"),
 ]
 
 
