@@ -298,8 +298,11 @@ function startConsultation(panel) {
       render();
     });
     // Not a participant (4003) or no such consultation (4004): the notice says it all.
+    // A consultation that ended closes its sockets with 4003 too: then its outcome stays on view.
     conn.on("refused", () => {
-      $(".c-body", panel).hidden = true;
+      const finished = data?.status === "completed" || data?.status === "cancelled";
+      $(".c-body", panel).hidden = !finished;
+      render();
     });
     // The server drops a participant after 30 s without presence.
     presence = setInterval(() => conn.send({ type: "presence_update" }), 10000);
