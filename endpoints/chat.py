@@ -39,6 +39,9 @@ class ChatEndpoint(BaseEndpoint):
         self.stream = streams.chat_stream(room_id)
         self.topics = [self.stream]
 
+    async def still_allowed(self) -> bool:
+        return await rooms.is_member(self.rt.db, self.room_id, self.user_id)
+
     async def opened(self) -> None:
         await self.rt.chat_presence.enter(self, self.room_id)
         await self.catch_up(self.since_param())

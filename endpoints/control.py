@@ -8,10 +8,12 @@ channel (a room member removed).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from endpoints.runtime import Runtime
 from events.bus import Delivery
+from store.errors import StoreError
 
 log = logging.getLogger("realtime.control")
 
@@ -45,8 +47,45 @@ class Control:
         """Commands are not persisted: nothing to catch up."""
 
 
+# Revalidations under way (strong references: the loop keeps only weak ones).
+_checks: set[asyncio.Task[None]] = set()
+
+
 async def listen(runtime: Runtime) -> None:
     await runtime.hub.join(TOPIC, Control(runtime))
+
+    def after_gap() -> None:
+        task = asyncio.ensure_future(revalidate(runtime))
+        _checks.add(task)
+        task.add_done_callback(_checks.discard)
+
+    runtime.hub.on_gap.append(after_gap)
+
+
+async def revalidate(runtime: Runtime) -> None:
+    """After a broker outage: commands are not persisted, so one sent meanwhile
+    (a revocation, a removed member, an ended consultation) never reached this
+    process. Every open socket's grant is read again from the store instead."""
+    runtime.revocations.forget()
+    closed = 0
+    for sockets in list(runtime.sockets.values()):
+        for endpoint in list(sockets):
+            identity = getattr(endpoint, "identity", None)
+            if identity is None:
+                continue  # still in its handshake, which reads the store itself
+            try:
+                if await runtime.revocations.refuses(runtime.db, identity):
+                    endpoint.close_for(REVOKED, "revoked")
+                elif not await endpoint.still_allowed():
+                    endpoint.close_for(FORBIDDEN, "access ended")
+                else:
+                    continue
+            except StoreError as exc:
+                log.warning("revalidation after a broker outage stopped: %s", exc)
+                return
+            closed += 1
+    if closed:
+        log.info("broker back: %d socket(s) closed whose access had ended meanwhile", closed)
 
 
 async def disconnect(runtime: Runtime, user_id: int) -> None:

@@ -166,6 +166,9 @@ class Hub:
         self.on_publish_failure: Callable[[], None] | None = None
         # Called once per event fanned out: (topic, event, local recipients).
         self.on_fan_out: Callable[[str, Delivery, int], None] | None = None
+        # Called after the broker came back (a GAP): what is not in the store, such as
+        # `ctl` commands, may have been missed meanwhile.
+        self.on_gap: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         await self.backend.connect()
@@ -426,6 +429,8 @@ class Hub:
             try:
                 if event.channel == GAP:
                     await self._refill_all()
+                    for callback in self.on_gap:
+                        callback()
                     continue
                 if not event.channel.startswith(self.prefix):
                     continue
