@@ -23,21 +23,14 @@ from store.db import Db, Runner
 from store.outbox import Outbox
 from tests.conftest import Client, Server, base_settings, chat, running, token, ws
 from tests.faultproxy import proxy_for
-from tests.procs import REDIS_URL, Proc, fresh_postgres, ready, require, start
+from tests.procs import REDIS_URL, Proc, make_room, ready, require, start
 
 
 @pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    require("postgres")
+def pg_url(pg_url: str) -> str:
+    """conftest's fresh PostgreSQL database; these tests need Redis too."""
     require("redis")
-    async with fresh_postgres() as url:
-        yield url
-
-
-async def make_room(proc: Proc, room_id: str, members: list[int]) -> None:
-    async with proc.api() as api:
-        response = await api.post("/api/rooms", json={"id": room_id, "member_ids": members})
-        assert response.status_code == 201, response.text
+    return pg_url
 
 
 async def chat_frames(client: Client, count: int, timeout: float) -> list[dict]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import token, ws
 from tests.faultproxy import proxy_for
-from tests.procs import REDIS_URL, Proc, ready, require, servers, start
+from tests.procs import REDIS_URL, make_room, ready, require, servers, start
 from tests.test_revocation import _open_or_refused
 
 LEASE = 2.0
@@ -19,12 +19,6 @@ LEASE = 2.0
 
 def env(tmp_path: Path, **more: str) -> dict[str, str]:
     return {"DATABASE_URL": f"sqlite:///{tmp_path}/shared.db", "BROKER_URL": REDIS_URL, **more}
-
-
-async def make_room(proc: Proc, room_id: str, members: list[int]) -> None:
-    async with proc.api() as api:
-        response = await api.post("/api/rooms", json={"id": room_id, "member_ids": members})
-        assert response.status_code == 201, response.text
 
 
 async def test_the_socket_limit_counts_every_process_and_a_dead_ones_leases_lapse(tmp_path: Path) -> None:

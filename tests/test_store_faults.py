@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,11 @@ import pytest
 from store.errors import StoreUnavailable, is_transient, loses_connection
 from tests.conftest import SERVICE_KEY, Client, base_settings, chat, running, token, ws
 from tests.faultproxy import proxy_for
-from tests.procs import REDIS_URL, fresh_postgres, require, servers
+from tests.procs import REDIS_URL, require, servers
 from tests.store_checks import store_is_whole
 
 OUTAGE = 3.0
 RECOVERY = 10.0  # the longest writes may take to work again after the fault ends
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    require("postgres")
-    async with fresh_postgres() as url:
-        yield url
 
 
 async def http(method: str, url: str, **kwargs: Any) -> httpx.Response:
