@@ -606,6 +606,7 @@ class Db:
         self.busy_timeout = busy_timeout
         self._lock_file: IO[str] | None = None
         self._sole_lock = False
+        self._outbox = False  # see use_outbox
         self._reader: Held | None = None
         self._reader_lock = asyncio.Lock()
         self.writer: GroupCommitWriter | None = None
@@ -646,6 +647,8 @@ class Db:
 
     async def _open_writer(self) -> Held:
         held = await self._open()
+        # Every writer connection, the first and each that replaces a lost one.
+        held.runner.outbox = self._outbox
         if self._sole_lock and not self.is_sqlite:
             # The session lock went with the old connection: take it again.
             row = await held.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
@@ -688,6 +691,7 @@ class Db:
     def use_outbox(self) -> None:
         """Give every stream event an outbox row from now on (a broker that can fail)."""
         assert self.writer is not None, "store is not connected"
+        self._outbox = True
         self.writer.runner.outbox = True
 
     async def write(self, job: Job[T]) -> T:

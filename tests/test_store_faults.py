@@ -404,6 +404,29 @@ async def test_sqlite_connections_that_break_are_replaced(tmp_path: Path) -> Non
         assert [r[0] for r in await db.fetch_all("SELECT client_msg_id FROM messages")] == ["z1"]
 
 
+async def test_a_replaced_writer_connection_keeps_writing_the_outbox(tmp_path: Path) -> None:
+    """The outbox is a property of the store, not of one connection: after the
+    writer's connection is replaced, an event Redis refuses is still kept."""
+    require("redis")
+    async with proxy_for(REDIS_URL) as redis, running(base_settings(tmp_path, broker_url=redis.url(REDIS_URL))) as srv:
+        await srv.room("r", [1])
+        db = srv.runtime.db
+        await db.writer.link.raw.close()
+        async with chat(srv, "r", 1) as a:
+            await a.expect("message_history")
+            await redis.down()
+            await a.send({"type": "chat_message", "content": "kept", "client_msg_id": "k1"})
+            assert (await a.expect("chat_message"))["message"]["client_msg_id"] == "k1"
+            rows = await db.fetch_all("SELECT stream, seq FROM stream_outbox")
+            assert [(r[0], int(r[1])) for r in rows] == [("room:r", 1)]
+            await redis.up()
+
+            async def relayed() -> bool:
+                return not await db.fetch_all("SELECT 1 FROM stream_outbox")
+
+            await eventually(relayed, RECOVERY, "the outbox relayed once Redis is back")
+
+
 async def test_a_broker_outage_shows_in_readiness_and_metrics(tmp_path: Path) -> None:
     require("redis")
     async with proxy_for(REDIS_URL) as proxy:
