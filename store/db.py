@@ -175,6 +175,14 @@ class Link(Protocol):
 
     runner: Runner
 
+    def abort(self) -> None:
+        """Close the connection under a call that hangs on it (asyncpg's terminate;
+        SQLite calls are bounded by busy_timeout and have nothing to abort)."""
+        terminate = getattr(self.raw, "terminate", None)
+        if terminate is not None:
+            with contextlib.suppress(Exception):
+                terminate()
+
     def alive(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -266,9 +274,10 @@ class GroupCommitWriter:
         return await future
 
     async def close(self) -> None:
-        """Commit what is queued, then stop."""
+        """Commit what is queued, then stop (bounded: a store that stopped answering does not hold the exit)."""
         if self._task is not None and not self._task.done():
-            await self._idle.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.wait_timeout)
         for task in (self._watchdog, self._task):
             if task is not None:
                 task.cancel()
@@ -411,11 +420,15 @@ class GroupCommitWriter:
         reason = describe(exc)
         if loses_connection(exc):
             await self._drop(reason)
-            if retry and not committing:
+            # Callers already answered `unavailable` (the watchdog) retry by
+            # themselves: their writes must not commit behind their backs. A
+            # cancelled caller (its socket closed) still gets its write.
+            waiting = [entry for entry in batch if not entry[1].done() or entry[1].cancelled()]
+            if retry and not committing and waiting:
                 # Nothing of this batch committed: one more try on a fresh connection.
                 await self._recover()
                 if self.link is not None:
-                    return await self._commit(batch, retry=False)
+                    return await self._commit(waiting, retry=False)
         self.problem = reason
         self.failures += 1
         self._failed_at = time.monotonic()
@@ -448,6 +461,10 @@ class GroupCommitWriter:
                 for _, future in self._current:
                     _settle(future, None, error)
                 self._fail_pending(error)
+                if self.link is not None:
+                    # The call in flight fails now rather than when the kernel gives
+                    # up on the connection; the writer then replaces it.
+                    self.link.abort()
 
 
 def describe(exc: BaseException) -> str:
@@ -538,6 +555,14 @@ class Held:
             raise task.exception()  # type: ignore[misc]
         raw = ready.result()
         return cls(raw, make(raw), task, done)
+
+    def abort(self) -> None:
+        """Close the connection under a call that hangs on it (asyncpg's terminate;
+        SQLite calls are bounded by busy_timeout and have nothing to abort)."""
+        terminate = getattr(self.raw, "terminate", None)
+        if terminate is not None:
+            with contextlib.suppress(Exception):
+                terminate()
 
     def alive(self) -> bool:
         if self._task.done():

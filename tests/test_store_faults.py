@@ -263,6 +263,43 @@ async def test_postgres_outage_in_process_loses_nothing_acknowledged(tmp_path: P
             assert 'realtime_store_write_errors_total{kind="other"}' not in text
 
 
+async def test_a_store_that_stops_answering_is_given_up_on_and_replaced(tmp_path: Path, pg_url: str) -> None:
+    """A partition, not a reset: the connection stays open and nothing comes
+    back. The write is answered `unavailable` after the writer's wait and is
+    never committed later behind the caller's back (it has no client_msg_id to
+    make a retry safe); the writer replaces the connection by itself."""
+    async with proxy_for(pg_url) as proxy:
+        async with running(base_settings(tmp_path, database_url=proxy.url(pg_url))) as srv:
+            srv.runtime.db.writer.wait_timeout = 1.0
+            await srv.room("r", [1, 2])
+            async with chat(srv, "r", 1) as a, chat(srv, "r", 2) as b:
+                await a.expect("message_history")
+                await b.expect("message_history")
+                proxy.stall()
+                await a.send({"type": "chat_message", "content": "held"})
+                refused = await a.expect("error", timeout=5)
+                assert refused["code"] == "unavailable"
+                status, _ = await readiness(srv.http)
+                assert status == 503
+                # The partition ends; the connections it held are gone.
+                proxy.cut()
+                proxy.flow()
+                deadline = time.monotonic() + RECOVERY
+                while True:
+                    await a.send({"type": "chat_message", "content": "after", "client_msg_id": "p1"})
+                    frame = await a.recv()
+                    if frame["type"] == "chat_message":
+                        break
+                    assert frame["code"] == "unavailable", frame
+                    assert time.monotonic() < deadline, "writes never recovered"
+                    await asyncio.sleep(0.2)
+                assert (await b.expect("chat_message"))["message"]["content"] == "after"
+                await b.silent(0.5)
+            await eventually(lambda: _ready(srv.http), RECOVERY, "ready again")
+            rows = await srv.runtime.db.fetch_all("SELECT content FROM messages")
+            assert [r[0] for r in rows] == ["after"]
+
+
 async def test_postgres_outage_across_two_processes(tmp_path: Path, pg_url: str) -> None:
     require("redis")
     async with proxy_for(pg_url) as proxy:
