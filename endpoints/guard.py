@@ -325,6 +325,7 @@ class Guarded(asyncio.Protocol):
         self.started = self.last_read
         self.text_seen = False
         self._arm()
+        return True
 
     def _arm(self) -> None:
         self._cancel_timer()
