@@ -178,7 +178,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             )
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
-        await control.listen(runtime)
+        commands = await control.listen(runtime)
         describe_agora(settings)
         if not settings.allowed_origins and not settings.dev_mode:
             log.info(
@@ -200,6 +200,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             yield guard.state(settings, runtime.pending_per_address)
         finally:
             drain.uninstall()
+            await commands.close()
             await scheduler.stop()
             await pruner.stop()
             await runtime.chat_notices.close()

@@ -148,11 +148,6 @@ def cookie_value(header: str | None, name: str) -> str | None:
     return morsel.value if morsel is not None and morsel.value else None
 
 
-def token_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
-    credential = credential_from_scope(query, headers)
-    return credential.token if credential is not None else None
-
-
 def cookie_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
     """May a request from `origin` be authenticated by a cookie (ambient authority)?
 
