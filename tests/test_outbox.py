@@ -420,6 +420,41 @@ async def test_local_and_remote_events_on_one_topic_arrive_once_in_order() -> No
         await hub.stop()
 
 
+class FlakyStore(SlowStore):
+    """Fails its first `failures` reads, as a store that is away for a moment."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def between(self, stream: str, after: int, upto: int | None) -> list[tuple[int, str]] | None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store away")
+        return await super().between(stream, after, upto)
+
+
+async def test_an_event_whose_refill_failed_arrives_without_more_traffic() -> None:
+    """Event 3 arrives while 2 is missing and the store cannot be read: the hub
+    tries the refill again by itself, so a quiet topic gets 2 and 3."""
+    broker, store, rec = FakeBroker(), FlakyStore(failures=2), Recorder()
+    hub = Hub(broker, store, "p:", outbox=None)
+    await hub.start()
+    try:
+        await hub.join("room:a", rec)
+        store.frames["room:a"] = {1: "f1", 2: "f2", 3: "f3"}
+        await hub.publish("room:a", Delivery("chat_message", 1, 0, "f1"))
+        broker.queue.put_nowait(Event("p:room:a", pack(Delivery("chat_message", 3, 0, "f3"), "other")))
+        for _ in range(200):
+            if len(rec.got) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert rec.got == [(1, "f1"), (2, "f2"), (3, "f3")]
+        assert store.failures == 0
+    finally:
+        await hub.stop()
+
+
 def test_pack_carries_the_origin_and_reads_the_older_form() -> None:
     d = Delivery("chat_message", 3, 7, '{"type":"chat_message","seq":3}')
     back = unpack(pack(d, "n1"))
