@@ -161,6 +161,7 @@ class Hub:
         # it from the store. The durable copy is the outbox; this only saves the grace.
         self._unsent: dict[str, Delivery] = {}
         self._retries: dict[str, asyncio.Task[None]] = {}  # refills the store failed, by topic
+        self._stopped = False
         self._resender: asyncio.Task[None] | None = None
         self._confirmer: asyncio.Task[None] | None = None
         self._relay: asyncio.Task[None] | None = None
@@ -181,6 +182,7 @@ class Hub:
             self._relay = asyncio.create_task(self._relay_loop(), name="hub-outbox-relay")
 
     async def stop(self) -> None:
+        self._stopped = True
         for task in (self._relay, self._resender, *self._retries.values()):
             if task is not None:
                 task.cancel()
@@ -397,6 +399,8 @@ class Hub:
                 self._confirm(name, unsent[name].seq)
 
     def _confirm(self, stream: str, seq: int) -> None:
+        if self._stopped:
+            return  # a late publish at shutdown: a relay confirms its row later
         if seq > self._published.get(stream, 0):
             self._published[stream] = seq
         if self._confirmer is None or self._confirmer.done():
