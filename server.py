@@ -91,6 +91,12 @@ async def healthz(request: Request) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+def _observed(task: asyncio.Future[Any]) -> None:
+    """Retrieve a detached task's outcome, so asyncio does not log it as never retrieved."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def readyz(request: Request) -> Response:
     rt: Runtime = request.app.state.runtime
     problems = []
@@ -101,13 +107,17 @@ async def readyz(request: Request) -> Response:
     failing = writer.status() if writer is not None else "writer: not started"
     if failing is not None:
         problems.append(f"store {failing}")
-    try:
-        # Bounded: a store that hangs (a partition) must not hang the probe.
-        await asyncio.wait_for(rt.db.ping(), READY_TIMEOUT)
-    except TimeoutError:
+    # Bounded: a store that hangs (a partition) must not hang the probe. Not
+    # `wait_for`, which waits for the cancelled read to finish, and asyncpg's
+    # cancellation of a query itself waits on the partitioned connection.
+    ping = asyncio.ensure_future(rt.db.ping())
+    await asyncio.wait({ping}, timeout=READY_TIMEOUT)
+    if not ping.done():
+        ping.cancel()
+        ping.add_done_callback(_observed)
         problems.append(f"store: no answer within {READY_TIMEOUT:g}s")
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
-        problems.append(f"store: {exc!r}")
+    elif ping.exception() is not None:
+        problems.append(f"store: {ping.exception()!r}")
     if rt.hub.problem is not None:
         problems.append(f"broker: {rt.hub.problem}")
     if problems:
@@ -168,7 +178,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             )
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
-        await control.listen(runtime)
+        commands = await control.listen(runtime)
         describe_agora(settings)
         if not settings.allowed_origins and not settings.dev_mode:
             log.info(
@@ -190,6 +200,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             yield guard.state(settings, runtime.pending_per_address)
         finally:
             drain.uninstall()
+            await commands.close()
             await scheduler.stop()
             await pruner.stop()
             await runtime.chat_notices.close()

@@ -162,12 +162,14 @@ async def disconnect_user(request: Request, rt: Runtime) -> Response:
     user_id = path_user(request)
     # The body is optional: no body is `{"revoke": false}`.
     data = await body(request, DisconnectBody) if (await request.body()).strip() else DisconnectBody()
-    if data.revoke:
-        before = await revocations.revoke(rt.db, user_id, int(time.time() * 1000))
-        await control.revoke(rt, user_id, before)
-    else:
+    if not data.revoke:
         await control.disconnect(rt, user_id)
-    return JSONResponse({"user_id": user_id, "revoked": data.revoke}, status_code=202)
+        return JSONResponse({"user_id": user_id, "revoked": False}, status_code=202)
+    before = await revocations.revoke(rt.db, user_id, int(time.time() * 1000))
+    await control.revoke(rt, user_id, before)
+    # The moment, for the caller: `iat` is in whole seconds, so a token minted
+    # in the same second is refused too; the backend mints new ones after it.
+    return JSONResponse({"user_id": user_id, "revoked": True, "revoked_before": before}, status_code=202)
 
 
 routes = [

@@ -131,22 +131,21 @@ def credential_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) 
     scheme, _, value = authorization.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return Credential(value.strip(), via_cookie=False)
-    cookie_header = headers.get("cookie")
-    if cookie_header:
-        cookie: SimpleCookie = SimpleCookie()
-        try:
-            cookie.load(cookie_header)
-        except Exception:  # noqa: BLE001 - a malformed cookie header is just no cookie
-            return None
-        morsel = cookie.get(COOKIE)
-        if morsel is not None and morsel.value:
-            return Credential(morsel.value, via_cookie=True)
-    return None
+    value = cookie_value(headers.get("cookie"), COOKIE)
+    return Credential(value, via_cookie=True) if value is not None else None
 
 
-def token_from_scope(query: Mapping[str, str], headers: Mapping[str, str]) -> str | None:
-    credential = credential_from_scope(query, headers)
-    return credential.token if credential is not None else None
+def cookie_value(header: str | None, name: str) -> str | None:
+    """The value of cookie `name` in a `Cookie` header; None without one."""
+    if not header:
+        return None
+    cookie: SimpleCookie = SimpleCookie()
+    try:
+        cookie.load(header)
+    except Exception:  # noqa: BLE001 - a malformed cookie header is just no cookie
+        return None
+    morsel = cookie.get(name)
+    return morsel.value if morsel is not None and morsel.value else None
 
 
 def cookie_origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:

@@ -371,6 +371,11 @@ class BaseEndpoint(WebSocketEndpoint):
     async def closing(self) -> None:
         """Undo per-socket state (typing, presence) before the topics are left."""
 
+    async def still_allowed(self) -> bool:
+        """Whether the store still grants this socket its channel (asked after a
+        broker outage, when a command that ended the access may have been lost)."""
+        return True
+
     async def snapshot(self) -> int:
         """Send a fresh snapshot of `stream`; return the seq it covers."""
         raise NotImplementedError

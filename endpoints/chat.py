@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+from typing import Any
 
 from endpoints import notify
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
@@ -39,6 +40,9 @@ class ChatEndpoint(BaseEndpoint):
         self.stream = streams.chat_stream(room_id)
         self.topics = [self.stream]
 
+    async def still_allowed(self) -> bool:
+        return await rooms.is_member(self.rt.db, self.room_id, self.user_id)
+
     async def opened(self) -> None:
         await self.rt.chat_presence.enter(self, self.room_id)
         await self.catch_up(self.since_param())
@@ -69,13 +73,24 @@ class ChatEndpoint(BaseEndpoint):
             from_member=True,
         )
         if posted.frame is None:
-            # A retry of something already stored: answer the sender, tell nobody else.
-            self.out.push(outbound.chat_message(posted.message))
+            await self._retried(posted.message, posted.seq)
             return
         await self.publish(self.stream, "chat_message", posted.frame, posted.seq)
         # Members away from the room get a notification, off the hot path and
         # not tied to this socket (a sender may close right after sending).
         notify.chat_message(self.rt, self.room_id, posted.message)
+
+    async def _retried(self, message: dict[str, Any], seq: int) -> None:
+        """A retry of a message already stored. Its first publish may never have
+        happened (the commit's answer was lost, so the sender was told
+        `unavailable`): the stored event is published again, and every socket
+        drops a seq it already has. The sender gets its echo either way."""
+        before = self.last_seq
+        stored = await streams.between(self.rt.db, self.stream, seq - 1, seq)
+        if stored:
+            await self.publish(self.stream, "chat_message", stored[0][1], seq)
+        if not before < seq <= self.last_seq:  # not just delivered here by that publish
+            self.out.push(outbound.chat_message(message))
 
     async def handle_typing_start(self, frame: frames.TypingStart) -> None:
         loop = asyncio.get_running_loop()

@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from store.errors import StoreUnavailable
+
 log = logging.getLogger("realtime.chat_notices")
 
 # How long shutdown waits for the last windows to be written.
@@ -55,6 +57,20 @@ class Window:
             self.last_other = self.last
         self.last = message
 
+    def absorb(self, older: Window) -> None:
+        """Take back an older window whose flush failed: its messages come before this one's."""
+        self.total += older.total
+        for sender, count in older.by_sender.items():
+            self.by_sender[sender] = self.by_sender.get(sender, 0) + count
+        if self.last is None:
+            self.last, self.last_other = older.last, older.last_other
+        elif self.last_other is None:
+            newest_sender = int(self.last["sender"]["id"])
+            for message in (older.last, older.last_other):
+                if message is not None and int(message["sender"]["id"]) != newest_sender:
+                    self.last_other = message
+                    break
+
     def for_user(self, user_id: int) -> tuple[int, dict[str, Any] | None]:
         """How many of the window's messages are news to `user_id`, and the latest of them."""
         count = self.total - self.by_sender.get(user_id, 0)
@@ -80,6 +96,8 @@ class ChatNotices:
 
     def add(self, room_id: str, message: dict[str, Any], flush: Flush) -> None:
         """Count one message; the room's flusher tells it now or at the end of the window."""
+        if self.closing.is_set():
+            return  # shutting down: the store is going too
         window = self.pending.get(room_id)
         if window is not None:
             window.add(message)
@@ -102,6 +120,13 @@ class ChatNotices:
                 told = 0
                 try:
                     told = await flush(window)
+                except StoreUnavailable as exc:
+                    if self.closing.is_set():
+                        log.warning("chat notifications for room %s not written at shutdown: %s", room_id, exc)
+                        return
+                    # Told with the next window instead: counts only, so it stays small.
+                    log.warning("chat notifications for room %s wait for the store: %s", room_id, exc)
+                    self.pending[room_id].absorb(window)
                 except Exception:
                     log.exception("chat notifications for room %s failed", room_id)
                 now = time.monotonic()
@@ -118,4 +143,6 @@ class ChatNotices:
         """On shutdown: write what is gathered now rather than at the end of the window."""
         self.closing.set()
         if self.tasks:
-            await asyncio.wait(set(self.tasks), timeout=CLOSE_TIMEOUT)
+            _, late = await asyncio.wait(set(self.tasks), timeout=CLOSE_TIMEOUT)
+            for task in late:
+                task.cancel()

@@ -181,6 +181,10 @@ class ConsultationEndpoint(BaseEndpoint):
         self.tokens: dict[tuple[str, str], str | None] = {}
         self.topics = [topic(consultation_id)]
 
+    async def still_allowed(self) -> bool:
+        c = await consultations.get(self.rt.db, self.consultation_id)
+        return c is not None and c.status not in OVER and c.role_of(self.user_id) is not None
+
     async def opened(self) -> None:
         # Live events wait until the snapshot is out, then go through the same filter.
         self.buffer = []

@@ -8,16 +8,20 @@ channel (a room member removed).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 
 from endpoints.runtime import Runtime
 from events.bus import Delivery
+from store.errors import StoreError
 
 log = logging.getLogger("realtime.control")
 
 TOPIC = "ctl"
 REVOKED = 4001
 FORBIDDEN = 4003
+RETRY_AFTER = 1.0  # seconds before a revalidation the store could not answer runs again
 
 
 class Control:
@@ -25,6 +29,8 @@ class Control:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.checking: asyncio.Task[None] | None = None
+        self.again = False
 
     def deliver(self, delivery: Delivery) -> None:
         try:
@@ -42,11 +48,68 @@ class Control:
             log.warning("malformed %s command on %s", delivery.type, TOPIC)
 
     def resync(self) -> None:
-        """Commands are not persisted: nothing to catch up."""
+        """Commands are not persisted: nothing to catch up (see `after_gap`)."""
+
+    def after_gap(self) -> None:
+        """The broker came back: check every socket against the store, one pass
+        at a time (a gap during a pass asks for one more)."""
+        if self.checking is not None and not self.checking.done():
+            self.again = True
+            return
+        self.checking = asyncio.ensure_future(self._check_until_settled())
+
+    async def _check_until_settled(self) -> None:
+        self.again = True
+        while self.again:
+            self.again = False
+            try:
+                await revalidate(self.runtime)
+            except StoreError as exc:
+                log.warning("revalidation after a broker outage waits for the store: %s", exc)
+                self.again = True
+                await asyncio.sleep(RETRY_AFTER)
+
+    async def close(self) -> None:
+        if self.checking is not None:
+            self.checking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.checking
 
 
-async def listen(runtime: Runtime) -> None:
-    await runtime.hub.join(TOPIC, Control(runtime))
+async def listen(runtime: Runtime) -> Control:
+    control = Control(runtime)
+    await runtime.hub.join(TOPIC, control)
+    runtime.hub.on_gap.append(control.after_gap)
+    return control
+
+
+async def revalidate(runtime: Runtime) -> None:
+    """After a broker outage: commands are not persisted, so one sent meanwhile
+    (a revocation, a removed member, an ended consultation) never reached this
+    process. Every open socket's grant is read again from the store instead.
+    Raises `StoreError` if the store cannot answer (the caller tries again)."""
+    runtime.revocations.forget()
+    closed = 0
+    for sockets in list(runtime.sockets.values()):
+        for endpoint in list(sockets):
+            identity = getattr(endpoint, "identity", None)
+            if identity is None:
+                continue  # still in its handshake, which reads the store itself
+            try:
+                if await runtime.revocations.refuses(runtime.db, identity):
+                    endpoint.close_for(REVOKED, "revoked")
+                elif not await endpoint.still_allowed():
+                    endpoint.close_for(FORBIDDEN, "access ended")
+                else:
+                    continue
+            except StoreError:
+                raise
+            except Exception:
+                log.exception("revalidating a %s socket failed", endpoint.channel)
+                continue
+            closed += 1
+    if closed:
+        log.info("broker back: %d socket(s) closed whose access had ended meanwhile", closed)
 
 
 async def disconnect(runtime: Runtime, user_id: int) -> None:

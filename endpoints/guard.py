@@ -201,6 +201,7 @@ class Guarded(asyncio.Protocol):
         self.proxy: _Transport | None = None
         self.state = HEAD
         self.pending: str | None = None  # the address this connection is counted against
+        self.host: str | None = None  # the peer's address, when it is counted at all
         self.timer: asyncio.TimerHandle | None = None
         self.started = self.last_read = 0.0
         self.tail = b""
@@ -219,7 +220,7 @@ class Guarded(asyncio.Protocol):
         if host is not None and not (guard.trusted and guard.trusted(host)):
             if not guard.pending.take(host):
                 return self._refuse(transport, f"{host} is at MAX_PENDING_PER_IP")
-            self.pending = host
+            self.pending = self.host = host
         guard.open += 1
         self.transport = transport
         self.proxy = _Transport(transport, self)
@@ -236,8 +237,8 @@ class Guarded(asyncio.Protocol):
         complete = False
         if state is HEAD or state is RESPONDED:
             self.last_read = self.loop.time()
-            if state is RESPONDED:
-                self._new_head()
+            if state is RESPONDED and not self._new_head():
+                return
             complete = self._head_ends(data)
         self.inner.data_received(data)
         if complete and self.state is HEAD:
@@ -310,11 +311,21 @@ class Guarded(asyncio.Protocol):
             return True
         return len(data) > 4096 and (b"\n\n" in data or b"\n\r\n" in data)
 
-    def _new_head(self) -> None:
+    def _new_head(self) -> bool:
+        """The next request on a kept-alive connection: it waits for its head
+        again, so it counts against its address again (False: refused, closed)."""
+        if self.host is not None and self.pending is None:
+            if not self.guard.pending.take(self.host):
+                self.guard.refused += 1
+                assert self.transport is not None
+                self.transport.close()
+                return False
+            self.pending = self.host
         self.state = HEAD
         self.started = self.last_read
         self.text_seen = False
         self._arm()
+        return True
 
     def _arm(self) -> None:
         self._cancel_timer()

@@ -45,6 +45,11 @@ class Revocations:
             self.known[user_id] = (before, time.monotonic() + TTL)
         return before
 
+    def forget(self) -> None:
+        """Ask the store again for everyone (a `learn` may have been missed)."""
+        self.generation += 1
+        self.known.clear()
+
     def learn(self, user_id: int, before_ms: int) -> None:
         """A revocation was stored (here or on another process)."""
         self.generation += 1

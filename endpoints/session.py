@@ -19,13 +19,20 @@ import hmac
 import time
 from collections.abc import Mapping
 from dataclasses import replace
-from http.cookies import SimpleCookie
 from typing import Any
 
 import jwt
 from starlette.requests import HTTPConnection
 
-from endpoints.auth import AuthError, Identity, TokenVerifier, cookie_origin_allowed, explicit_token, identity_from
+from endpoints.auth import (
+    AuthError,
+    Identity,
+    TokenVerifier,
+    cookie_origin_allowed,
+    cookie_value,
+    explicit_token,
+    identity_from,
+)
 from settings import Settings
 
 COOKIE = "realtime_session"
@@ -134,18 +141,6 @@ class SessionCookies:
         access_iat = claims.get(ACCESS_IAT)
         issued = access_iat if isinstance(access_iat, int | float) and not isinstance(access_iat, bool) else None
         return replace(identity, issued_at=None if issued is None else float(issued))
-
-
-def cookie_value(header: str | None, name: str) -> str | None:
-    if not header:
-        return None
-    cookie: SimpleCookie = SimpleCookie()
-    try:
-        cookie.load(header)
-    except Exception:  # noqa: BLE001 - a malformed cookie header is just no cookie
-        return None
-    morsel = cookie.get(name)
-    return morsel.value if morsel is not None and morsel.value else None
 
 
 def for_settings(settings: Settings, verifier: TokenVerifier) -> SessionCookies | None:

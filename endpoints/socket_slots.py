@@ -22,10 +22,13 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from typing import Protocol
 from urllib.parse import urlparse
 
 from redis.asyncio import Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from events.presence import namespace
@@ -34,6 +37,9 @@ from settings import Settings
 log = logging.getLogger("realtime.socket_slots")
 
 IO_TIMEOUT = 2.0
+# After Redis failed, how long handshakes and closes skip it: a partition must
+# not add IO_TIMEOUT to every one of them. The renewal keeps trying meanwhile.
+AWAY_BACKOFF = 1.0
 
 # KEYS user key; ARGV limit, member, lease ms. 1: taken, 0: the user is at the limit.
 _RESERVE = """
@@ -82,7 +88,12 @@ class LocalSlots:
 
 class RedisSlots:
     def __init__(self, url: str, prefix: str, lease: float) -> None:
-        self.redis = Redis.from_url(url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT)
+        # One immediate retry (a pooled connection gone stale), not redis-py's
+        # default of three with exponential backoff, which holds a handshake for seconds.
+        self.redis = Redis.from_url(
+            url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT, retry=Retry(NoBackoff(), 1)
+        )
+        self._away_until = 0.0
         self.prefix = prefix + "sockets:"
         self.node = secrets.token_hex(6)
         self.lease_ms = int(lease * 1000)
@@ -102,11 +113,13 @@ class RedisSlots:
         if self.renewer is None:
             self.renewer = asyncio.create_task(self._renew_forever(), name="socket-slot-leases")
         slot = f"{self.node}:{secrets.token_hex(4)}"
-        try:
-            taken = await self._reserve(keys=[self._key(user_id)], args=[limit, slot, self.lease_ms])
-        except (RedisError, OSError) as exc:
-            log.warning("socket limit counted in this process only, Redis unreachable: %r", exc)
-            taken = 1
+        taken = 1
+        if not self._away():
+            try:
+                taken = await self._reserve(keys=[self._key(user_id)], args=[limit, slot, self.lease_ms])
+            except (RedisError, OSError) as exc:
+                self._failed()
+                log.warning("socket limit counted in this process only, Redis unreachable: %r", exc)
         if not taken:
             return None
         self.held.setdefault(user_id, set()).add(slot)
@@ -118,12 +131,20 @@ class RedisSlots:
             slots.discard(slot)
             if not slots:
                 del self.held[user_id]
+        if self._away():
+            return  # not renewed any more: it lapses within the lease
         try:
             async with self.lock:
                 await self.redis.zrem(self._key(user_id), slot)
         except (RedisError, OSError) as exc:
-            # Not renewed any more: it lapses within the lease.
+            self._failed()
             log.warning("socket slot release failed: %r", exc)
+
+    def _away(self) -> bool:
+        return time.monotonic() < self._away_until
+
+    def _failed(self) -> None:
+        self._away_until = time.monotonic() + AWAY_BACKOFF
 
     async def renew(self) -> None:
         async with self.lock:
@@ -140,7 +161,10 @@ class RedisSlots:
             try:
                 await self.renew()
             except (RedisError, OSError) as exc:
+                self._failed()
                 log.warning("socket slot renewal failed: %r", exc)
+            else:
+                self._away_until = 0.0
 
     async def close(self) -> None:
         """On shutdown: give the slots back at once rather than after the lease."""

@@ -52,6 +52,9 @@ BACKLOG_TIMEOUT = 2.0
 # Streams whose newest refused event is republished at once on reconnect
 # (beyond that, the relay publishes after its grace).
 MAX_UNSENT_STREAMS = 10_000
+# Seconds before a refill the store failed is tried again, doubling up to the most.
+REFILL_RETRY = 0.5
+MAX_REFILL_RETRY = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,8 @@ class Hub:
         # soon as the broker is back, which makes every receiver refill the ones before
         # it from the store. The durable copy is the outbox; this only saves the grace.
         self._unsent: dict[str, Delivery] = {}
+        self._retries: dict[str, asyncio.Task[None]] = {}  # refills the store failed, by topic
+        self._stopped = False
         self._resender: asyncio.Task[None] | None = None
         self._confirmer: asyncio.Task[None] | None = None
         self._relay: asyncio.Task[None] | None = None
@@ -166,6 +171,9 @@ class Hub:
         self.on_publish_failure: Callable[[], None] | None = None
         # Called once per event fanned out: (topic, event, local recipients).
         self.on_fan_out: Callable[[str, Delivery, int], None] | None = None
+        # Called after the broker came back (a GAP): what is not in the store, such as
+        # `ctl` commands, may have been missed meanwhile.
+        self.on_gap: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         await self.backend.connect()
@@ -174,7 +182,8 @@ class Hub:
             self._relay = asyncio.create_task(self._relay_loop(), name="hub-outbox-relay")
 
     async def stop(self) -> None:
-        for task in (self._relay, self._resender):
+        self._stopped = True
+        for task in (self._relay, self._resender, *self._retries.values()):
             if task is not None:
                 task.cancel()
                 await asyncio.wait([task])
@@ -334,11 +343,37 @@ class Hub:
             if last is None or d.seq <= last:
                 return
             if d.seq > last + 1:
-                await self._refill(topic, upto=d.seq - 1)
+                try:
+                    await self._refill(topic, upto=d.seq - 1)
+                except Exception as exc:  # noqa: BLE001 - the store is away: try again soon
+                    # The event itself is committed: the next refill brings it too,
+                    # without waiting for more traffic on a quiet topic.
+                    log.warning("refill of %s failed (%r); trying again shortly", topic.name, exc)
+                    self._refill_later(topic)
+                    return
                 if topic.last_seq is None or d.seq <= topic.last_seq:
                     return  # resynced instead, or left meanwhile
             topic.last_seq = d.seq
             self._fan_out(topic, d)
+
+    def _refill_later(self, topic: Topic) -> None:
+        retry = self._retries.get(topic.name)
+        if retry is None or retry.done():
+            self._retries[topic.name] = asyncio.create_task(self._retry_refill(topic), name="hub-refill-retry")
+
+    async def _retry_refill(self, topic: Topic) -> None:
+        delay = REFILL_RETRY
+        while topic.subscribed and topic.last_seq is not None:
+            await asyncio.sleep(delay)
+            try:
+                async with topic.order:
+                    await self._refill(topic, upto=None)
+            except Exception as exc:  # noqa: BLE001 - still away
+                log.warning("refill of %s failed again (%r)", topic.name, exc)
+                delay = min(delay * 2, MAX_REFILL_RETRY)
+            else:
+                break
+        self._retries.pop(topic.name, None)
 
     # ---- the outbox: confirmations and the relay ----------------------------------
 
@@ -364,6 +399,8 @@ class Hub:
                 self._confirm(name, unsent[name].seq)
 
     def _confirm(self, stream: str, seq: int) -> None:
+        if self._stopped:
+            return  # a late publish at shutdown: a relay confirms its row later
         if seq > self._published.get(stream, 0):
             self._published[stream] = seq
         if self._confirmer is None or self._confirmer.done():
@@ -426,6 +463,8 @@ class Hub:
             try:
                 if event.channel == GAP:
                     await self._refill_all()
+                    for callback in self.on_gap:
+                        callback()
                     continue
                 if not event.channel.startswith(self.prefix):
                     continue

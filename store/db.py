@@ -175,6 +175,14 @@ class Link(Protocol):
 
     runner: Runner
 
+    def abort(self) -> None:
+        """Close the connection under a call that hangs on it (asyncpg's terminate;
+        SQLite calls are bounded by busy_timeout and have nothing to abort)."""
+        terminate = getattr(self.raw, "terminate", None)
+        if terminate is not None:
+            with contextlib.suppress(Exception):
+                terminate()
+
     def alive(self) -> bool: ...
 
     async def close(self) -> None: ...
@@ -266,9 +274,10 @@ class GroupCommitWriter:
         return await future
 
     async def close(self) -> None:
-        """Commit what is queued, then stop."""
+        """Commit what is queued, then stop (bounded: a store that stopped answering does not hold the exit)."""
         if self._task is not None and not self._task.done():
-            await self._idle.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), self.wait_timeout)
         for task in (self._watchdog, self._task):
             if task is not None:
                 task.cancel()
@@ -411,11 +420,15 @@ class GroupCommitWriter:
         reason = describe(exc)
         if loses_connection(exc):
             await self._drop(reason)
-            if retry and not committing:
+            # Callers already answered `unavailable` (the watchdog) retry by
+            # themselves: their writes must not commit behind their backs. A
+            # cancelled caller (its socket closed) still gets its write.
+            waiting = [entry for entry in batch if not entry[1].done() or entry[1].cancelled()]
+            if retry and not committing and waiting:
                 # Nothing of this batch committed: one more try on a fresh connection.
                 await self._recover()
                 if self.link is not None:
-                    return await self._commit(batch, retry=False)
+                    return await self._commit(waiting, retry=False)
         self.problem = reason
         self.failures += 1
         self._failed_at = time.monotonic()
@@ -448,6 +461,10 @@ class GroupCommitWriter:
                 for _, future in self._current:
                     _settle(future, None, error)
                 self._fail_pending(error)
+                if self.link is not None:
+                    # The call in flight fails now rather than when the kernel gives
+                    # up on the connection; the writer then replaces it.
+                    self.link.abort()
 
 
 def describe(exc: BaseException) -> str:
@@ -539,6 +556,14 @@ class Held:
         raw = ready.result()
         return cls(raw, make(raw), task, done)
 
+    def abort(self) -> None:
+        """Close the connection under a call that hangs on it (asyncpg's terminate;
+        SQLite calls are bounded by busy_timeout and have nothing to abort)."""
+        terminate = getattr(self.raw, "terminate", None)
+        if terminate is not None:
+            with contextlib.suppress(Exception):
+                terminate()
+
     def alive(self) -> bool:
         if self._task.done():
             return False
@@ -606,6 +631,7 @@ class Db:
         self.busy_timeout = busy_timeout
         self._lock_file: IO[str] | None = None
         self._sole_lock = False
+        self._outbox = False  # see use_outbox
         self._reader: Held | None = None
         self._reader_lock = asyncio.Lock()
         self.writer: GroupCommitWriter | None = None
@@ -646,6 +672,8 @@ class Db:
 
     async def _open_writer(self) -> Held:
         held = await self._open()
+        # Every writer connection, the first and each that replaces a lost one.
+        held.runner.outbox = self._outbox
         if self._sole_lock and not self.is_sqlite:
             # The session lock went with the old connection: take it again.
             row = await held.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
@@ -688,6 +716,7 @@ class Db:
     def use_outbox(self) -> None:
         """Give every stream event an outbox row from now on (a broker that can fail)."""
         assert self.writer is not None, "store is not connected"
+        self._outbox = True
         self.writer.runner.outbox = True
 
     async def write(self, job: Job[T]) -> T:

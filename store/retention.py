@@ -70,10 +70,15 @@ async def prune_old_events(db: Db, older_than: str, batch: int) -> int:
 
 
 async def streams_over(db: Db, keep: int, after: str) -> list[tuple[str, int]]:
-    """Up to a page of streams (by name, after `after`) that ever had more than `keep` events."""
+    """Up to a page of streams (by name, after `after`) that keep more than their newest `keep` events.
+
+    Only those with an event left to delete: a stream pruned down once is not
+    a write job at every pass (the check is one probe of the primary key)."""
     rows = await db.fetch_all(
-        "SELECT stream, last_seq FROM streams WHERE stream > ? AND last_seq > ? ORDER BY stream LIMIT ?",
-        (after, keep, STREAM_PAGE),
+        "SELECT s.stream, s.last_seq FROM streams s WHERE s.stream > ? AND s.last_seq > ? "
+        "AND EXISTS (SELECT 1 FROM stream_events e WHERE e.stream = s.stream AND e.seq <= s.last_seq - ?) "
+        "ORDER BY s.stream LIMIT ?",
+        (after, keep, keep, STREAM_PAGE),
     )
     return [(str(row[0]), int(row[1])) for row in rows]
 

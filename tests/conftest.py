@@ -148,6 +148,16 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncI
 
 
 @pytest.fixture
+async def pg_url() -> AsyncIterator[str]:
+    """A fresh PostgreSQL database for tests that run server processes on it."""
+    from tests.procs import fresh_postgres, require
+
+    require("postgres")
+    async with fresh_postgres() as url:
+        yield url
+
+
+@pytest.fixture
 async def server(request: pytest.FixtureRequest, tmp_path: Path, database_url: str) -> AsyncIterator[Server]:
     """A server on a fresh database; `@pytest.mark.settings(name=value)` changes its settings."""
     marker = request.node.get_closest_marker("settings")

@@ -30,6 +30,8 @@ class FaultProxy:
         self._server: asyncio.Server | None = None
         self._links: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
         self.accepted = 0
 
     @classmethod
@@ -59,6 +61,13 @@ class FaultProxy:
             self._server.close()
             self._server = None
         self.cut()
+
+    def stall(self) -> None:
+        """Stop forwarding without closing anything: a partition, not a reset."""
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
 
     def cut(self) -> None:
         """Reset every open connection (both sides see a dropped link)."""
@@ -98,6 +107,7 @@ class FaultProxy:
     async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
         try:
             while data := await src.read(CHUNK):
+                await self._flowing.wait()
                 dst.write(data)
                 await dst.drain()
         except (OSError, asyncio.IncompleteReadError):

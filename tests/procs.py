@@ -135,6 +135,13 @@ async def servers(count: int, env: Mapping[str, str], tmp_path: Path) -> AsyncIt
                 p.kill()
 
 
+async def make_room(proc: Proc, room_id: str, members: list[int]) -> None:
+    """A room through the server API of `proc`."""
+    async with proc.api() as api:
+        response = await api.post("/api/rooms", json={"id": room_id, "member_ids": members})
+        assert response.status_code == 201, response.text
+
+
 def service_available(kind: str) -> bool:
     url = REDIS_URL if kind == "redis" else POSTGRES_URL
     parsed = urlparse(url)

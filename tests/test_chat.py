@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from store import messages
 from tests.conftest import Server, chat, token, ws
 
 SHAPE = {"id", "seq", "room_id", "sender", "content", "message_type", "created_at", "is_read"}
@@ -163,6 +164,25 @@ async def test_same_client_msg_id_stores_one_message(server: Server) -> None:
         await b.silent()
     async with chat(server, "r1", 2) as b:
         assert len((await b.expect("message_history"))["messages"]) == 1
+
+
+async def test_a_retry_publishes_a_stored_message_whose_first_publish_was_lost(server: Server) -> None:
+    """A commit whose answer was lost: stored, never published, the sender told
+    `unavailable`. Its retry reaches every member once, and the sender once."""
+    await server.room("r1", [1, 2])
+    async with chat(server, "r1", 1) as a, chat(server, "r1", 2) as b:
+        await a.expect("message_history")
+        await b.expect("message_history")
+        sender = {"id": 1, "name": "user1"}
+        stored = await messages.post(server.runtime.db, "r1", sender, "lost", client_msg_id="lost-1")
+        await b.silent()
+        await a.send({"type": "chat_message", "content": "lost", "client_msg_id": "lost-1"})
+        echo = await a.expect("chat_message")
+        heard = await b.expect("chat_message")
+        assert echo["message"]["id"] == heard["message"]["id"] == stored.message["id"]
+        assert heard["seq"] == stored.seq
+        await a.silent()
+        await b.silent()
 
 
 async def test_since_returns_exactly_the_missed_events(server: Server) -> None:

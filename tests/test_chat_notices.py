@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from endpoints.chat_notices import Window
+from endpoints.chat_notices import ChatNotices, Window
+from store.errors import StoreUnavailable
 from tests.conftest import Server, base_settings, chat, running, token, ws
 from tests.store_checks import store_is_whole
 
@@ -156,3 +157,33 @@ async def test_shutdown_writes_the_window_it_was_gathering(tmp_path: Path) -> No
     with contextlib.closing(sqlite3.connect(tmp_path / "test.db")) as conn:
         row = conn.execute("SELECT message_count, body FROM notifications WHERE user_id = 2").fetchone()
     assert row == (3, "third")
+
+
+async def test_a_window_the_store_could_not_take_is_told_with_the_next() -> None:
+    notices = ChatNotices(window=0.05)
+    told: list[tuple[int, str]] = []
+    failures = [StoreUnavailable("the store is away")]
+
+    async def flush(window: Window) -> int:
+        if failures:
+            raise failures.pop()
+        count, last = window.for_user(9)
+        assert last is not None
+        told.append((count, last["content"]))
+        return 1
+
+    def message(i: int) -> dict[str, Any]:
+        return {"sender": {"id": 1}, "content": f"m{i}"}
+
+    notices.add("r", message(1), flush)  # a quiet room: flushed at once, and the store fails it
+    await asyncio.sleep(0.01)
+    notices.add("r", message(2), flush)
+    notices.add("r", message(3), flush)
+    for _ in range(100):
+        if told:
+            break
+        await asyncio.sleep(0.01)
+    assert told == [(3, "m3")]
+    await notices.close()
+    notices.add("r", message(4), flush)  # shutting down: nothing more is gathered
+    assert notices.pending == {}

@@ -233,6 +233,30 @@ async def test_one_address_holds_at_most_its_pending_slots_and_is_refused_with_5
         await honest_clients_get_in(srv, ATTACKER)
 
 
+async def test_a_kept_alive_connection_counts_again_while_its_next_head_arrives(tmp_path: Path) -> None:
+    """Quick requests first, then a trickled second head on each connection:
+    those heads hold the address's pending slots like new connections do."""
+    async with running(base_settings(tmp_path, max_pending_per_ip=3)) as srv:
+        pairs = [await tcp(srv.port, ATTACKER) for _ in range(3)]
+        try:
+            for reader, writer in pairs:
+                for _ in range(2):  # kept alive: the second request is served like the first
+                    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+                    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 3)
+                    assert head.startswith(b"HTTP/1.1 200 "), head
+                    await asyncio.wait_for(reader.readuntil(b"}"), 3)  # the body
+            for _, writer in pairs:
+                writer.write(b"GET /healthz HTTP/1.1\r\nX-Slow: ")
+            await asyncio.sleep(0.2)
+            reader, writer = await tcp(srv.port, ATTACKER)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            refused = await until_closed(reader, 3)
+            assert refused.startswith(b"HTTP/1.1 503 "), refused
+        finally:
+            for _, writer in pairs:
+                writer.close()
+
+
 async def test_above_max_connections_every_connection_gets_503_until_one_closes(tmp_path: Path) -> None:
     async with running(base_settings(tmp_path, max_connections=6)) as srv:
         await srv.room("r1", [1])

@@ -23,21 +23,14 @@ from store.db import Db, Runner
 from store.outbox import Outbox
 from tests.conftest import Client, Server, base_settings, chat, running, token, ws
 from tests.faultproxy import proxy_for
-from tests.procs import REDIS_URL, Proc, fresh_postgres, ready, require, start
+from tests.procs import REDIS_URL, Proc, make_room, ready, require, start
 
 
 @pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    require("postgres")
+def pg_url(pg_url: str) -> str:
+    """conftest's fresh PostgreSQL database; these tests need Redis too."""
     require("redis")
-    async with fresh_postgres() as url:
-        yield url
-
-
-async def make_room(proc: Proc, room_id: str, members: list[int]) -> None:
-    async with proc.api() as api:
-        response = await api.post("/api/rooms", json={"id": room_id, "member_ids": members})
-        assert response.status_code == 201, response.text
+    return pg_url
 
 
 async def chat_frames(client: Client, count: int, timeout: float) -> list[dict]:
@@ -423,6 +416,41 @@ async def test_local_and_remote_events_on_one_topic_arrive_once_in_order() -> No
                 break
             await asyncio.sleep(0.02)
         assert rec.got[-2:] == [(0, "t"), (0, "u")]
+    finally:
+        await hub.stop()
+
+
+class FlakyStore(SlowStore):
+    """Fails its first `failures` reads, as a store that is away for a moment."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def between(self, stream: str, after: int, upto: int | None) -> list[tuple[int, str]] | None:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("store away")
+        return await super().between(stream, after, upto)
+
+
+async def test_an_event_whose_refill_failed_arrives_without_more_traffic() -> None:
+    """Event 3 arrives while 2 is missing and the store cannot be read: the hub
+    tries the refill again by itself, so a quiet topic gets 2 and 3."""
+    broker, store, rec = FakeBroker(), FlakyStore(failures=2), Recorder()
+    hub = Hub(broker, store, "p:", outbox=None)
+    await hub.start()
+    try:
+        await hub.join("room:a", rec)
+        store.frames["room:a"] = {1: "f1", 2: "f2", 3: "f3"}
+        await hub.publish("room:a", Delivery("chat_message", 1, 0, "f1"))
+        broker.queue.put_nowait(Event("p:room:a", pack(Delivery("chat_message", 3, 0, "f3"), "other")))
+        for _ in range(200):
+            if len(rec.got) == 3:
+                break
+            await asyncio.sleep(0.02)
+        assert rec.got == [(1, "f1"), (2, "f2"), (3, "f3")]
+        assert store.failures == 0
     finally:
         await hub.stop()
 

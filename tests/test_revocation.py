@@ -143,7 +143,10 @@ async def test_revoke_refuses_old_tokens_across_a_restart_and_accepts_new_ones(
             async with srv.api() as api:
                 response = await api.post("/api/users/1/disconnect", json={"revoke": True})
             assert response.status_code == 202, response.text
-            assert response.json() == {"user_id": 1, "revoked": True}
+            answer = response.json()
+            assert answer == {"user_id": 1, "revoked": True, "revoked_before": answer["revoked_before"]}
+            # Unix milliseconds; a token is refused while its `iat` (seconds) is not after it.
+            assert abs(answer["revoked_before"] / 1000 - time.time()) < 5
             assert await a.closed() == 4001
             await b.send({"type": "ping"})
             await b.expect("pong")

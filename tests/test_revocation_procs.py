@@ -10,7 +10,8 @@ import time
 from pathlib import Path
 
 from tests.conftest import token, ws
-from tests.procs import REDIS_URL, Proc, require, servers
+from tests.faultproxy import proxy_for
+from tests.procs import REDIS_URL, make_room, ready, require, servers, start
 from tests.test_revocation import _open_or_refused
 
 LEASE = 2.0
@@ -18,12 +19,6 @@ LEASE = 2.0
 
 def env(tmp_path: Path, **more: str) -> dict[str, str]:
     return {"DATABASE_URL": f"sqlite:///{tmp_path}/shared.db", "BROKER_URL": REDIS_URL, **more}
-
-
-async def make_room(proc: Proc, room_id: str, members: list[int]) -> None:
-    async with proc.api() as api:
-        response = await api.post("/api/rooms", json={"id": room_id, "member_ids": members})
-        assert response.status_code == 201, response.text
 
 
 async def test_the_socket_limit_counts_every_process_and_a_dead_ones_leases_lapse(tmp_path: Path) -> None:
@@ -101,3 +96,50 @@ async def test_revoke_reaches_every_process(tmp_path: Path) -> None:
         for proc in (one, two):
             async with ws(proc.ws_url("/ws/chat/r1/", token=old)) as again:
                 assert await again.closed() == 4001
+
+
+async def test_a_process_cut_from_redis_checks_its_sockets_again_when_it_comes_back(tmp_path: Path) -> None:
+    """Commands are not persisted: a process that was away from Redis when a
+    member was removed, a user revoked and a consultation cancelled closes
+    those sockets once Redis is back, from what the store says."""
+    require("redis")
+    async with proxy_for(REDIS_URL) as cut:
+        one = start(env(tmp_path), tmp_path / "one.log")
+        two = start(env(tmp_path, BROKER_URL=cut.url(REDIS_URL)), tmp_path / "two.log")
+        try:
+            await asyncio.gather(ready(one), ready(two))
+            await make_room(one, "r1", [1, 2, 3])
+            async with one.api() as api:
+                response = await api.post("/api/consultations", json={"id": "c1", "expert_id": 5, "client_id": 6})
+                assert response.status_code == 201, response.text
+            async with (
+                ws(two.ws_url("/ws/chat/r1/", token=token(1))) as stays,
+                ws(two.ws_url("/ws/chat/r1/", token=token(2))) as removed,
+                ws(two.ws_url("/ws/notifications/", token=token(3, iat=int(time.time())))) as revoked,
+                ws(two.ws_url("/ws/consultation/c1/", token=token(6, role="client"))) as cancelled,
+            ):
+                for client, first in ((stays, "message_history"), (removed, "message_history")):
+                    await client.expect(first)
+                await revoked.expect("bulk_update")
+                await cancelled.expect("consultation_status")
+                await cut.down()
+                async with one.api() as api:
+                    assert (await api.delete("/api/rooms/r1/members/2")).status_code == 204
+                    response = await api.post("/api/users/3/disconnect", json={"revoke": True})
+                    assert response.status_code == 202
+                    assert (await api.post("/api/consultations/c1/cancel", json={})).status_code == 200
+                await asyncio.sleep(1)
+                # The commands went by while the second process was away: nothing closed yet.
+                for client in (removed, revoked, cancelled):
+                    assert client.conn.close_code is None
+                await cut.up()
+                assert await removed.closed(timeout=15) == 4003
+                assert await revoked.closed(timeout=5) == 4001
+                assert await cancelled.closed(timeout=5) == 4003
+                assert stays.conn.close_code is None
+            assert "socket(s) closed whose access had ended meanwhile" in two.output()
+        finally:
+            for proc in (one, two):
+                proc.terminate()
+            for proc in (one, two):
+                proc.wait(15)

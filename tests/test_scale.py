@@ -8,26 +8,13 @@ import contextlib
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import Client, free_port, token, ws
-from tests.procs import REDIS_URL, Proc, fresh_postgres, ready, require, servers, start
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    require("postgres")
-    async with fresh_postgres() as url:
-        yield url
-
-
-async def make_room(proc: Proc, room_id: str, members: list[int]) -> None:
-    async with proc.api() as api:
-        response = await api.post("/api/rooms", json={"id": room_id, "member_ids": members})
-        assert response.status_code == 201, response.text
+from tests.procs import REDIS_URL, make_room, ready, require, servers, start
 
 
 async def drain(client: Client, count: int, timeout: float = 20) -> list[dict]:

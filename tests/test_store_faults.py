@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +25,11 @@ import pytest
 from store.errors import StoreUnavailable, is_transient, loses_connection
 from tests.conftest import SERVICE_KEY, Client, base_settings, chat, running, token, ws
 from tests.faultproxy import proxy_for
-from tests.procs import REDIS_URL, fresh_postgres, require, servers
+from tests.procs import REDIS_URL, require, servers
 from tests.store_checks import store_is_whole
 
 OUTAGE = 3.0
 RECOVERY = 10.0  # the longest writes may take to work again after the fault ends
-
-
-@pytest.fixture
-async def pg_url() -> AsyncIterator[str]:
-    require("postgres")
-    async with fresh_postgres() as url:
-        yield url
 
 
 async def http(method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -270,6 +263,43 @@ async def test_postgres_outage_in_process_loses_nothing_acknowledged(tmp_path: P
             assert 'realtime_store_write_errors_total{kind="other"}' not in text
 
 
+async def test_a_store_that_stops_answering_is_given_up_on_and_replaced(tmp_path: Path, pg_url: str) -> None:
+    """A partition, not a reset: the connection stays open and nothing comes
+    back. The write is answered `unavailable` after the writer's wait and is
+    never committed later behind the caller's back (it has no client_msg_id to
+    make a retry safe); the writer replaces the connection by itself."""
+    async with proxy_for(pg_url) as proxy:
+        async with running(base_settings(tmp_path, database_url=proxy.url(pg_url))) as srv:
+            srv.runtime.db.writer.wait_timeout = 1.0
+            await srv.room("r", [1, 2])
+            async with chat(srv, "r", 1) as a, chat(srv, "r", 2) as b:
+                await a.expect("message_history")
+                await b.expect("message_history")
+                proxy.stall()
+                await a.send({"type": "chat_message", "content": "held"})
+                refused = await a.expect("error", timeout=5)
+                assert refused["code"] == "unavailable"
+                status, _ = await readiness(srv.http)
+                assert status == 503
+                # The partition ends; the connections it held are gone.
+                proxy.cut()
+                proxy.flow()
+                deadline = time.monotonic() + RECOVERY
+                while True:
+                    await a.send({"type": "chat_message", "content": "after", "client_msg_id": "p1"})
+                    frame = await a.recv()
+                    if frame["type"] == "chat_message":
+                        break
+                    assert frame["code"] == "unavailable", frame
+                    assert time.monotonic() < deadline, "writes never recovered"
+                    await asyncio.sleep(0.2)
+                assert (await b.expect("chat_message"))["message"]["content"] == "after"
+                await b.silent(0.5)
+            await eventually(lambda: _ready(srv.http), RECOVERY, "ready again")
+            rows = await srv.runtime.db.fetch_all("SELECT content FROM messages")
+            assert [r[0] for r in rows] == ["after"]
+
+
 async def test_postgres_outage_across_two_processes(tmp_path: Path, pg_url: str) -> None:
     require("redis")
     async with proxy_for(pg_url) as proxy:
@@ -409,6 +439,29 @@ async def test_sqlite_connections_that_break_are_replaced(tmp_path: Path) -> Non
         assert db.writer.link is not writer_link and db._reader is not reader_link
         await eventually(lambda: _ready(srv.http), RECOVERY, "ready with the new connections")
         assert [r[0] for r in await db.fetch_all("SELECT client_msg_id FROM messages")] == ["z1"]
+
+
+async def test_a_replaced_writer_connection_keeps_writing_the_outbox(tmp_path: Path) -> None:
+    """The outbox is a property of the store, not of one connection: after the
+    writer's connection is replaced, an event Redis refuses is still kept."""
+    require("redis")
+    async with proxy_for(REDIS_URL) as redis, running(base_settings(tmp_path, broker_url=redis.url(REDIS_URL))) as srv:
+        await srv.room("r", [1])
+        db = srv.runtime.db
+        await db.writer.link.raw.close()
+        async with chat(srv, "r", 1) as a:
+            await a.expect("message_history")
+            await redis.down()
+            await a.send({"type": "chat_message", "content": "kept", "client_msg_id": "k1"})
+            assert (await a.expect("chat_message"))["message"]["client_msg_id"] == "k1"
+            rows = await db.fetch_all("SELECT stream, seq FROM stream_outbox")
+            assert [(r[0], int(r[1])) for r in rows] == [("room:r", 1)]
+            await redis.up()
+
+            async def relayed() -> bool:
+                return not await db.fetch_all("SELECT 1 FROM stream_outbox")
+
+            await eventually(relayed, RECOVERY, "the outbox relayed once Redis is back")
 
 
 async def test_a_broker_outage_shows_in_readiness_and_metrics(tmp_path: Path) -> None:
