@@ -218,7 +218,10 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         routes=routes,
         lifespan=lifespan,
         # Outermost: under a server without lifespan (daphne) the services start on the first request.
-        middleware=[Middleware(StartOnFirstUse), Middleware(SocketRoutes, routes=sockets)],
+        middleware=[
+            Middleware(StartOnFirstUse, started=lambda app: hasattr(app.state, "runtime")),
+            Middleware(SocketRoutes, routes=sockets),
+        ],
         # Every HTTP route, wrapped by `api.service` or not (uploads): a store fault is 503, not 500.
         exception_handlers={StoreUnavailable: store_unavailable},
     )
@@ -234,6 +237,10 @@ def _app_from_env() -> Starlette:
 
         print(f"realtime: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(STARTUP_FAILURE) from None
+
+
+# For servers that load `module:factory()` and not a module's `__getattr__` (hypercorn "server:app_from_env()").
+app_from_env = _app_from_env
 
 
 def __getattr__(name: str) -> Any:
