@@ -42,6 +42,7 @@ def _command(kind: str, port: int) -> list[str]:
         "uvicorn-wsproto": [*uvicorn, "server:app", "--ws", "wsproto", *guarded],
         "hypercorn": [*py, "hypercorn", "server:app_from_env()", "--bind", f"127.0.0.1:{port}"],
         "granian": [*py, "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port), "server:app"],
+        "daphne": [*py, "daphne", "-b", "127.0.0.1", "-p", str(port), "server:app"],
         "hosted": [*uvicorn, "examples.embed:app", "--ws", "websockets-sansio"],
         "hosted-bare": [*uvicorn, "examples.embed:bare", "--ws", "websockets-sansio"],
     }[kind]
@@ -50,7 +51,11 @@ def _command(kind: str, port: int) -> list[str]:
 # Where the realtime app is, and whether the uvicorn fast path should be in effect.
 PREFIX = {"hosted": "/realtime", "hosted-bare": "/realtime"}
 FAST = {"uvicorn-sansio": True, "hosted": True}
-MATRIX = ["uvicorn-sansio", "uvicorn-wsproto", "hypercorn", "granian", "hosted"]
+# daphne (autobahn) takes no close code of 1xxx but 1000.
+CLOSES_1000 = {"daphne"}
+# Servers whose `send` never waits for the peer: the outbound queue cannot see a slow reader.
+UNBOUNDED = {"daphne": "daphne buffers every frame sent, however slow the reader: no backpressure to see"}
+MATRIX = ["uvicorn-sansio", "uvicorn-wsproto", "hypercorn", "granian", "daphne", "hosted"]
 
 
 @dataclass
@@ -204,10 +209,18 @@ async def test_frame_over_the_limit_closes_with_1009(srv: Running) -> None:
     async with chat(srv, "big", 1) as a:
         await a.expect("message_history")
         await a.send(json.dumps({"type": "chat_message", "content": "x" * (MAX_FRAME + 1024)}))
-        assert await a.closed() == 1009
+        if srv.kind in CLOSES_1000:
+            # The server refuses the code: a normal close (transport/asgi.py), not a socket left open.
+            assert await a.closed() == 1000
+        else:
+            assert await a.closed() == 1009
 
 
-async def test_slow_reader_is_cut_off_with_1013_while_others_keep_receiving(srv: Running) -> None:
+async def test_slow_reader_is_cut_off_with_1013_while_others_keep_receiving(
+    srv: Running, request: pytest.FixtureRequest
+) -> None:
+    if srv.kind in UNBOUNDED:
+        request.applymarker(pytest.mark.xfail(strict=True, reason=UNBOUNDED[srv.kind]))
     await srv.room("slow", [1, 2, 3])
     async with slow_chat(srv, "slow", 3) as slow, chat(srv, "slow", 1) as a, chat(srv, "slow", 2) as b:  # type: ignore[arg-type]
         for client in (slow, a, b):

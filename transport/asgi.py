@@ -173,7 +173,16 @@ class Outbound:
             while self._queue:
                 message = self._queue.popleft()
                 self._busy = True
-                await self._send(message)
+                try:
+                    await self._send(message)
+                except Exception as exc:  # retried once, as a plain close
+                    if message["type"] != "websocket.close" or message["code"] == 1000:
+                        raise
+                    # A server that takes no 1xxx code but 1000 (daphne's autobahn refuses 1009, 1011,
+                    # 1012, 1013): a normal close naming the code beats a socket left open in silence.
+                    log.warning("close %s refused by the server (%r): closed with 1000", message["code"], exc)
+                    reason = f"{message['code']} {message['reason']}".strip()
+                    await self._send({"type": "websocket.close", "code": 1000, "reason": reason})
                 self._busy = False
                 if message["type"] == "websocket.send":
                     self.sent += 1
