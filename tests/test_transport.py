@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Generator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.conftest import base_settings, chat, running
 from transport import server_of
 from transport.asgi import RAW_SEND, Outbound, RawSend
 from transport.uvicorn import direct_writer, protocol_of, why_not
@@ -152,3 +154,22 @@ async def test_raw_send_keeps_the_servers_send_for_a_mounted_app() -> None:
     seen.clear()
     await RawSend(host_middleware)({"type": "http"}, None, server_send)
     assert RAW_SEND not in seen
+
+
+async def test_on_an_untested_uvicorn_the_fast_path_stays_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter reads uvicorn's internals: on a version it was not tested with it
+    declines, and the sockets work through plain ASGI `send`."""
+    from transport import uvicorn as adapter
+
+    for version, fast in (((0, 1), False), (adapter.VERSION, True)):
+        monkeypatch.setattr(adapter, "VERSION", version)
+        (tmp_path / str(fast)).mkdir()
+        async with running(base_settings(tmp_path / str(fast))) as srv:
+            await srv.room("r1", [1, 2])
+            async with chat(srv, "r1", 1) as a, chat(srv, "r1", 2) as b:
+                await a.expect("message_history")
+                await b.expect("message_history")
+                assert [e.out.fast for s in srv.runtime.sockets.values() for e in s] == [fast, fast]
+                await a.send({"type": "chat_message", "content": "either way"})
+                for client in (a, b):
+                    assert (await client.expect("chat_message"))["message"]["content"] == "either way"
