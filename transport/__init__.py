@@ -59,7 +59,7 @@ def _log_once(server: str, fast: bool, why: str) -> None:
         return
     _logged.add((server, fast))
     if fast:
-        log.info("transport: uvicorn fast path in effect (websockets-sansio, uvicorn %s)", uvicorn_adapter.VERSION)
+        log.info("transport: uvicorn fast path in effect (websockets-sansio, uvicorn %s)", uvicorn_adapter.VERSION_TEXT)
     else:
         log.info("transport: plain ASGI sends (server: %s); uvicorn fast path off: %s", server, why)
 

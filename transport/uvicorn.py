@@ -63,7 +63,8 @@ def _version(text: str) -> tuple[int, int] | None:
         return None
 
 
-VERSION = _version(uvicorn.__version__)
+VERSION_TEXT = uvicorn.__version__
+VERSION = _version(VERSION_TEXT)
 
 
 def protocol_of(send: Any) -> Any:
