@@ -16,8 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import Receive, Scope
 
-from transport import uvicorn as uvicorn_adapter
 from transport.asgi import RAW_SEND, Outbound, RawSend, raw_send
+from transport.uvicorn import VERSION_TEXT, adopt, direct_writer, why_not
 
 __all__ = ["RAW_SEND", "Outbound", "RawSend", "attach", "raw_send", "server_of", "socket_counter"]
 
@@ -44,14 +44,14 @@ def attach(scope: Scope, send: Any, receive: Receive, limit: int) -> tuple[Outbo
     """A socket's outbound side and `receive`, once its handshake is done:
     (outbound, receive, server, fast path in effect)."""
     raw = scope.get(RAW_SEND, send)
-    direct = uvicorn_adapter.direct_writer(raw)
+    direct = direct_writer(raw)
     server = server_of(raw)
     if direct is None:
         # The plain path: through the `send` the endpoint was given, middleware and all.
-        _log_once(server, False, uvicorn_adapter.why_not(raw))
+        _log_once(server, False, why_not(raw))
         return Outbound(send, limit), receive, server, False
     _log_once(server, True, "")
-    return Outbound(raw, limit, direct), uvicorn_adapter.adopt(raw) or receive, server, True
+    return Outbound(raw, limit, direct), adopt(raw) or receive, server, True
 
 
 def _log_once(server: str, fast: bool, why: str) -> None:
@@ -59,7 +59,7 @@ def _log_once(server: str, fast: bool, why: str) -> None:
         return
     _logged.add((server, fast))
     if fast:
-        log.info("transport: uvicorn fast path in effect (websockets-sansio, uvicorn %s)", uvicorn_adapter.VERSION_TEXT)
+        log.info("transport: uvicorn fast path in effect (websockets-sansio, uvicorn %s)", VERSION_TEXT)
     else:
         log.info("transport: plain ASGI sends (server: %s); uvicorn fast path off: %s", server, why)
 
