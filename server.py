@@ -32,7 +32,6 @@ from endpoints import (
     control,
     dev,
     files,
-    guard,
     metrics,
     notifications_api,
     socket_slots,
@@ -43,8 +42,6 @@ from endpoints.chat import ChatEndpoint
 from endpoints.chat_notices import ChatNotices
 from endpoints.chat_presence import ChatPresence
 from endpoints.consultation import ConsultationEndpoint, describe_agora
-from endpoints.drain import Drain
-from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
 from endpoints.retention import Pruner
@@ -58,6 +55,10 @@ from store.db import Db
 from store.errors import StoreUnavailable
 from store.outbox import Outbox
 from store.streams import StreamLog
+from transport import guard
+from transport.asgi import SocketRoutes
+from transport.drain import Drain
+from transport.lifespan import StartOnFirstUse
 
 log = logging.getLogger("realtime.server")
 READY_TIMEOUT = 2.0
@@ -196,7 +197,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         pruner = app.state.pruner = Pruner(settings, db)
         pruner.start()
         try:
-            # The lifespan state reaches `--http endpoints.guard:http_protocol` through uvicorn.
+            # The lifespan state reaches `--http transport.guard:http_protocol` through uvicorn.
             yield guard.state(settings, runtime.pending_per_address)
         finally:
             drain.uninstall()
@@ -227,7 +228,11 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     return Starlette(
         routes=routes,
         lifespan=lifespan,
-        middleware=[Middleware(SocketRoutes, routes=sockets)],
+        # Outermost: under a server without lifespan (daphne) the services start on the first request.
+        middleware=[
+            Middleware(StartOnFirstUse, started=lambda app: hasattr(app.state, "runtime")),
+            Middleware(SocketRoutes, routes=sockets),
+        ],
         # Every HTTP route, wrapped by `api.service` or not (uploads): a store fault is 503, not 500.
         exception_handlers={StoreUnavailable: store_unavailable},
     )
@@ -243,6 +248,10 @@ def _app_from_env() -> Starlette:
 
         print(f"realtime: configuration error: {exc}", file=sys.stderr)
         raise SystemExit(STARTUP_FAILURE) from None
+
+
+# For servers that load `module:factory()` and not a module's `__getattr__` (hypercorn "server:app_from_env()").
+app_from_env = _app_from_env
 
 
 def __getattr__(name: str) -> Any:

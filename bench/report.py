@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.run import OUT, TARGETS
+from bench.run import OUT, TARGETS, TRANSPORT_TARGETS
 
 Row = dict[str, Any]
 
@@ -123,7 +123,7 @@ def render(rows: list[Row]) -> str:
             heads.append("vs bare")
         heads.append("notes")
         out += [f"### {scenario}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        for target in [t for t in TARGETS if t in by_target]:
+        for target in [t for t in TARGETS + TRANSPORT_TARGETS if t in by_target]:
             runs = by_target[target]
             cells = [target, str(len(runs)), *(value(runs, get, d) for _, get, d in columns)]
             if scenario == "fanout":

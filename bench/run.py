@@ -6,6 +6,9 @@ the load pinned to core 1, and append every result line to bench/out/results.jso
 Targets: project, project-redis (this server; SQLite; memory:// or Redis
 broker), bare (bench/peers/bare.py), channels-memory, channels-redis,
 channels-redis-pubsub (bench/peers/channels_peer.py under uvicorn).
+Named only, never in `all`: project-plain (the uvicorn fast path off),
+project-hosted (mounted in examples/embed.py's host app, under
+`transport.raw_send`), project-hosted-bare (mounted, without it).
 """
 
 from __future__ import annotations
@@ -44,7 +47,16 @@ UVICORN_FLAGS += ["--log-level", "warning"]
 # measure capacity, so it is raised for them (`--server-env` puts it back).
 PROJECT_ENV = {"RATE_LIMIT": "10000", "RATE_BURST": "10000"}
 LOG_KEEP = 256 * 1024
-TARGETS = ["project", "project-redis", "bare", "channels-memory", "channels-redis", "channels-redis-pubsub"]
+TARGETS = [
+    "project",
+    "project-redis",
+    "bare",
+    "channels-memory",
+    "channels-redis",
+    "channels-redis-pubsub",
+]
+# The transport's variants of `project` (see PROJECT_APPS): named only, never in `all`.
+TRANSPORT_TARGETS = ["project-plain", "project-hosted", "project-hosted-bare"]
 SCENARIO_TIMEOUT = 600
 
 
@@ -84,9 +96,23 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The project's targets and the app uvicorn serves for each: `project-plain` with the uvicorn fast
+# path off (bench/transports.py), `project-hosted` mounted in examples/embed.py's host app under
+# `transport.raw_send`, `project-hosted-bare` mounted without it (the fast path then off too).
+PROJECT_APPS = {
+    "project": "server:app",
+    "project-redis": "server:app",
+    "project-plain": "bench.transports:plain",
+    "project-hosted": "examples.embed:app",
+    "project-hosted-bare": "examples.embed:bare",
+}
+# Where the realtime app is in the host app.
+PREFIX = {"project-hosted": "/realtime", "project-hosted-bare": "/realtime"}
+
+
 def command(target: str, port: int, tmp: Path, extra: dict[str, str]) -> tuple[list[str], dict[str, str], Path | None]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
-    if target in ("project", "project-redis"):
+    if target in PROJECT_APPS:
         db = tmp / "bench.db"
         env = {**PROJECT_ENV, **env}
         env.update(
@@ -96,7 +122,8 @@ def command(target: str, port: int, tmp: Path, extra: dict[str, str]) -> tuple[l
             BROKER_URL=REDIS_URL if target == "project-redis" else "memory://",
             LOG_LEVEL="warning",
         )
-        return [sys.executable, "-m", "uvicorn", "server:app", "--port", str(port), *UVICORN_FLAGS], env, db
+        app = PROJECT_APPS[target]
+        return [sys.executable, "-m", "uvicorn", app, "--port", str(port), *UVICORN_FLAGS], env, db
     if target == "bare":
         return [sys.executable, str(BENCH / "peers/bare.py"), "--port", str(port)], env, None
     layer = {"channels-memory": "memory", "channels-redis": "redis", "channels-redis-pubsub": "pubsub"}[target]
@@ -196,10 +223,11 @@ def run_one(target: str, scenario: str, args: argparse.Namespace, run_id: str) -
         return {"scenario": scenario, "target": target, "error": "redis is not running on 127.0.0.1:6379", **meta}
     try:
         with server(target, tag, args.server_env) as s:
-            argv = [sys.executable, "-m", "bench.load", scenario, "--ws", f"ws://127.0.0.1:{s.port}"]
+            base = f"127.0.0.1:{s.port}{PREFIX.get(target, '')}"
+            argv = [sys.executable, "-m", "bench.load", scenario, "--ws", f"ws://{base}"]
             argv += ["--pid", str(s.pid), "--target", target, *args.load_args]
             if s.db is not None:
-                argv += ["--api", f"http://127.0.0.1:{s.port}", "--service-key", SERVICE_KEY, "--db", str(s.db)]
+                argv += ["--api", f"http://{base}", "--service-key", SERVICE_KEY, "--db", str(s.db)]
             if args.quick:
                 argv.append("--quick")
             spy = profiler(s, tag, args.profile_format, args.profile_rate) if args.profile else None
@@ -257,8 +285,9 @@ def machine() -> str:
     )
 
 
-def choose(raw: str, known: list[str], what: str) -> list[str]:
+def choose(raw: str, known: list[str], what: str, more: list[str] | None = None) -> list[str]:
     chosen = known if raw == "all" else [x.strip() for x in raw.split(",") if x.strip()]
+    known = known + (more or [])
     unknown = [x for x in chosen if x not in known]
     if unknown:
         raise SystemExit(f"unknown {what}: {', '.join(unknown)} (choose from {', '.join(known)} or all)")
@@ -267,7 +296,8 @@ def choose(raw: str, known: list[str], what: str) -> list[str]:
 
 def main() -> int:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", default="project,bare", help=f"comma-separated, or all: {', '.join(TARGETS)}")
+    named = f"comma-separated, or all: {', '.join(TARGETS)}; or (never in all) {', '.join(TRANSPORT_TARGETS)}"
+    p.add_argument("--targets", default="project,bare", help=named)
     p.add_argument("--scenarios", default="all", help=f"comma-separated, or all: {', '.join(SCENARIOS)}")
     p.add_argument("--quick", action="store_true", help="shorter scenarios")
     p.add_argument("--repeat", type=int, default=1)
@@ -280,7 +310,7 @@ def main() -> int:
     args.load_args = load_args  # anything else goes to bench.load (e.g. --set members=500)
     args.server_env = dict(item.partition("=")[::2] for item in args.server_env)
     args.git = git_state()
-    targets = choose(args.targets, TARGETS, "targets")
+    targets = choose(args.targets, TARGETS, "targets", TRANSPORT_TARGETS)
     scenarios = choose(args.scenarios, list(SCENARIOS), "scenarios")
     OUT.mkdir(parents=True, exist_ok=True)
     raise_fd_limit()  # inherited by the server and the load

@@ -5,7 +5,7 @@ to an honest client. Loopback only; every count bounded by the arguments.
 
 Starts `uvicorn server:app` with the Procfile's flags from `--root` (another
 checkout, say the base revision, for comparison; without the guard's
-`--http` if that checkout has no endpoints/guard.py) and measures:
+`--http` if that checkout has no guard.py) and measures:
 
 1. memory (RSS) and file descriptors per pending socket, for a half-sent
    request head and for a WebSocket waiting for its `auth` frame;
@@ -65,9 +65,10 @@ def fds(pid: int) -> int:
 class Server:
     def __init__(self, root: Path, env: dict[str, str], tmp: Path, files: int | None = None) -> None:
         self.port = free_port()
-        guarded = (root / "endpoints" / "guard.py").exists()
+        # Where the checkout keeps its guard, if it has one (it moved to transport/).
+        module = next((m for m in ("transport", "endpoints") if (root / m / "guard.py").exists()), None)
         args = ["--ws", "websockets-sansio", "--ws-max-size", "262144", "--proxy-headers"]
-        args += ["--http", "endpoints.guard:http_protocol"] if guarded else []
+        args += ["--http", f"{module}.guard:http_protocol"] if module else []
         self.log = (tmp / f"server-{self.port}.log").open("wb")
         # The image's event loop (requirements.txt has no uvloop).
         full_env = {

@@ -18,15 +18,15 @@ from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
 from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
-from endpoints.fastpath import RAW_SEND, adopt, direct_writer, drop_connection
 from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
-from endpoints.outbound import Outbound
 from endpoints.runtime import Runtime
 from events import errors, outbound
 from events.bus import Delivery
 from events.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
 from store import streams
 from store.errors import AccessEnded, StoreError, StoreUnavailable
+from transport import RAW_SEND, Outbound, attach
+from transport.uvicorn import drop_connection
 
 log = logging.getLogger("realtime.ws")
 
@@ -99,10 +99,11 @@ class BaseEndpoint(WebSocketEndpoint):
         # Accept first: a close before accept reaches a browser as a bare HTTP 403.
         sessions = self.rt.sessions
         await websocket.accept(headers=sessions.on_handshake(websocket) if sessions is not None else None)
-        send = self.scope.get(RAW_SEND, self.send)
-        # After the handshake: only then can the direct write be had.
-        self.receive = adopt(send) or self.receive
-        self.out = Outbound(send, self.rt.settings.outbound_queue, direct_writer(send))
+        # After the handshake: only then can a server adapter's fast path be had.
+        self.out, self.receive, server, fast = attach(
+            self.scope, self.send, self.receive, self.rt.settings.outbound_queue
+        )
+        self.rt.metrics.transport_socket(server, fast)
         self.out.on_closed = self._lost
         self.out.on_push = self.rt.metrics.frame_out
         try:

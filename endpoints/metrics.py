@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from events.bus import Delivery
 from events.frames import BadFrame, Decoded
+from transport import socket_counter
 
 if TYPE_CHECKING:
     from endpoints.runtime import Runtime
@@ -62,6 +63,8 @@ class Metrics:
             ["type"],
             registry=r,
         )
+        # Which server each socket's `send` came from, and whether the uvicorn fast path applied.
+        self.transport_socket = socket_counter(r)
         self.errors = Counter("realtime_errors", "`error` frames sent, by code.", ["code"], registry=r)
         self.closes = Counter("realtime_closes", "Sockets closed, by close code.", ["code"], registry=r)
         self.slow_consumers = Counter(

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 from endpoints.auth import Identity, TokenVerifier
 from endpoints.chat_notices import ChatNotices
 from endpoints.chat_presence import ChatPresence
-from endpoints.guard import PendingPerAddress
 from endpoints.limits import TokenBucket
 from endpoints.metrics import Metrics
 from endpoints.revocation import Revocations
@@ -21,6 +20,7 @@ from events.presence import MemoryPresence, Presence
 from settings import Settings
 from store import users
 from store.db import Db
+from transport.guard import PendingPerAddress
 
 if TYPE_CHECKING:
     from endpoints.base import BaseEndpoint

@@ -6,6 +6,13 @@ The host's lifespan runs the realtime app's (Starlette never runs a mounted
 app's lifespan by itself), and the host's own routes call the realtime server
 from Python: a notification when an order is paid, a system message in a chat
 room. Clients connect to `ws://host/realtime/ws/chat/{room_id}/` and so on.
+
+The host app has its own middleware (GZip here), which wraps the server's
+`send`; the realtime sockets would then take the plain ASGI path. The app the
+server runs is therefore `transport.raw_send(host)`: outermost, it hands the
+server's own `send` through the host's middleware to the realtime app, and
+under uvicorn (`--ws websockets-sansio`) the fast path stays in effect (see
+docs/deploy.md, "ASGI servers"). `uvicorn examples.embed:app` runs it too.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -26,9 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from embedding import Realtime
 from settings import Settings, from_env
 from store.errors import NotFound
+from transport import RawSend, raw_send
 
 
 def build(settings: Settings) -> tuple[Starlette, Realtime]:
+    """The host app (to be served wrapped in `raw_send`) and its realtime server."""
     realtime = Realtime(settings)
 
     async def home(request: Request) -> Response:
@@ -65,13 +76,23 @@ def build(settings: Settings) -> tuple[Starlette, Realtime]:
             Route("/announce", announce, methods=["POST"]),
             Mount("/realtime", app=realtime.app),
         ],
+        middleware=[Middleware(GZipMiddleware, minimum_size=1000)],
         lifespan=lifespan,
     )
     return app, realtime
 
 
+def __getattr__(name: str) -> RawSend | Starlette:
+    # `uvicorn examples.embed:app`: built from the environment on first access.
+    # `bare` is the host app without the wrapper (the fast path then turns itself off).
+    if name in ("app", "bare"):
+        host, _ = build(from_env())
+        return raw_send(host) if name == "app" else host
+    raise AttributeError(name)
+
+
 if __name__ == "__main__":
     import uvicorn
 
-    app, _ = build(from_env())
-    uvicorn.run(app, host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), ws="websockets-sansio")
+    host, _ = build(from_env())
+    uvicorn.run(raw_send(host), host="127.0.0.1", port=int(os.environ.get("PORT", "8000")), ws="websockets-sansio")

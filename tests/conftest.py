@@ -112,7 +112,7 @@ async def serving(app: Any, ws_impl: str = "websockets-sansio", **config: Any) -
 
 
 # The Procfile's `--http`: uvicorn's HTTP protocol under the connection guard.
-GUARDED_HTTP = "endpoints.guard:http_protocol"
+GUARDED_HTTP = "transport.guard:http_protocol"
 
 
 @contextlib.asynccontextmanager

@@ -88,7 +88,7 @@ def start(env: Mapping[str, str], log: Path, port: int | None = None, open_files
             "--ws",
             "websockets-sansio",
             "--http",
-            "endpoints.guard:http_protocol",
+            "transport.guard:http_protocol",
         ],
         cwd=ROOT,
         env=full_env,

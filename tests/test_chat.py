@@ -293,12 +293,12 @@ async def test_chat_works_through_plain_asgi_sends_too(tmp_path) -> None:
     frame goes through ASGI `send`, and nothing changes for the clients."""
     from tests.conftest import base_settings, running
 
-    async with running(base_settings(tmp_path), ws_impl="websockets") as srv:
+    async with running(base_settings(tmp_path), ws_impl="wsproto") as srv:
         await srv.room("r1", [1, 2])
         async with chat(srv, "r1", 1) as a, chat(srv, "r1", 2) as b:
             await a.expect("message_history")
             await b.expect("message_history")
-            assert all(e.out._direct is None for s in srv.runtime.sockets.values() for e in s)
+            assert all(not e.out.fast for s in srv.runtime.sockets.values() for e in s)
             await a.send({"type": "chat_message", "content": "via asgi"})
             for client in (a, b):
                 assert (await client.expect("chat_message"))["message"]["content"] == "via asgi"
@@ -317,7 +317,7 @@ async def test_compressed_and_plain_clients_get_the_same_frames(server: Server) 
         for client in (sender, plain, deflated):
             await client.expect("message_history")
         # uvicorn's sans-I/O protocol: every socket has the direct write.
-        assert all(e.out._direct is not None for s in server.runtime.sockets.values() for e in s)
+        assert all(e.out.fast for s in server.runtime.sockets.values() for e in s)
         for i in range(3):
             await sender.send({"type": "chat_message", "content": f"same {i} " + "é" * i})
         for i in range(3):

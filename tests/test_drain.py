@@ -20,11 +20,11 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from endpoints.drain import Drain
-from endpoints.fastpath import drop_connection
 from endpoints.runtime import Runtime
 from tests.conftest import Client, base_settings, token, ws
 from tests.procs import Proc, ready, start
+from transport.drain import Drain
+from transport.uvicorn import drop_connection
 
 pytestmark = pytest.mark.timeout(120)
 

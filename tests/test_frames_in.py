@@ -1,6 +1,6 @@
 """Received frames as a raw client writes them: split anywhere, several in one
 write, fragmented, with control frames between, and malformed, through the
-receiving side that endpoints/fastpath.py takes over from uvicorn."""
+receiving side that transport/uvicorn.py takes over from uvicorn."""
 
 from __future__ import annotations
 

@@ -1,73 +1,94 @@
-"""Where the server is uvicorn's sans-I/O WebSocket protocol: a direct write,
-a lighter receiving side, and WebSocket routes ahead of the HTTP middleware.
+"""The uvicorn adapter: a direct write, a lighter receiving side, under
+uvicorn's sans-I/O WebSocket protocol only (the fast path).
 
-Through ASGI every frame to every socket is a `send` coroutine chain that
-re-encodes the text. A broadcast to a thousand members does that a thousand
-times for one event. When the server is uvicorn's sans-I/O WebSocket protocol
-(`--ws websockets-sansio`, the default with `websockets` installed), a frame
-can be written the way that protocol's own `send` writes it, with bytes
-encoded once per event: frame it with the connection's websockets state
-machine and hand it to the transport, in the caller's stack.
+The default path (transport/asgi.py) writes every frame with `await send(...)`
+from a writer task, which re-encodes the text per socket: a broadcast to a
+thousand members does that a thousand times for one event. Under uvicorn's
+sans-I/O WebSocket protocol (`--ws websockets-sansio`, the default with
+`websockets` installed), a frame can be written the way that protocol's own
+`send` writes it, with bytes encoded once per event: frame it with the
+connection's websockets state machine and hand it to the transport, in the
+caller's stack.
 
 It is used only while that `send` would itself not wait (the transport is
-writable, the handshake done, no close sent); anything else goes through ASGI.
-The frame bytes are made once per event and written to every plain (not
-compressed) connection as they are.
+writable, the handshake done, no close sent); anything else goes through the
+plain path. The frame bytes are made once per event and written to every
+plain (not compressed) connection as they are.
 
 After the handshake `adopt` takes over the receiving side: uvicorn pauses and
 resumes reading around every received frame and keeps an `asyncio.Queue` and
 an `Event` per socket (3.7 KB); the replacements keep the same flow control
 with a window of frames and the same interface in a few hundred bytes.
 
-The attributes read and replaced here are uvicorn's and websockets', checked
-on the versions pinned in requirements.txt and covered by the test suite,
-which runs both paths (any other server, or TestClient, gets plain ASGI).
+The attributes read and replaced here are uvicorn's and websockets'. The
+adapter is chosen only when the `send` the socket got is bound to an instance
+of uvicorn's `WebSocketsSansIOProtocol` and uvicorn's version is one it was
+written and tested against (`TESTED`); under anything else (another uvicorn,
+another protocol, another server, a `send` wrapped by middleware) the socket
+takes the plain path, and `status` says which and why.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
 from typing import Any
 
-from starlette.routing import BaseRoute, Match, WebSocketRoute
-from starlette.types import ASGIApp, Receive, Scope, Send
+import uvicorn
+from starlette.types import Receive
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-RAW_SEND = "realtime.raw_send"
+from transport.asgi import DirectWrite
+
+try:
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+except ImportError:  # uvicorn without `websockets`: no sans-I/O protocol to adapt to
+    WebSocketsSansIOProtocol = None  # type: ignore[assignment,misc]
+
+# uvicorn (major, minor) versions whose protocol internals this adapter reads and replaces.
+TESTED = frozenset({(0, 54)})
+
 # Frames a socket may have queued before its reading is paused. uvicorn pauses
 # after every frame and resumes on every receive: two epoll changes per frame.
 READ_WINDOW = 4
 
 OPEN = State.OPEN  # an enum member read through its class costs a lookup per write
 
-DirectWrite = Callable[[bytes], bool]
+
+def _version(text: str) -> tuple[int, int] | None:
+    try:
+        major, minor = text.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return None
 
 
-class SocketRoutes:
-    """Outermost middleware: a WebSocket on one of `routes` goes straight to its
-    endpoint, with the server's own `send` remembered before Starlette wraps it.
+VERSION_TEXT = uvicorn.__version__
+VERSION = _version(VERSION_TEXT)
 
-    Nothing between here and the endpoint applies to it (the endpoints handle
-    their own errors), and every coroutine frame in between would stay
-    suspended for the socket's whole life, in memory and on every resume.
-    """
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
-        self.app = app
-        self.routes = [route for route in routes if isinstance(route, WebSocketRoute)]
+def protocol_of(send: Any) -> Any:
+    """The uvicorn sans-I/O protocol `send` is bound to, if the adapter applies to it; else None."""
+    protocol = getattr(send, "__self__", None)
+    if WebSocketsSansIOProtocol is None or not isinstance(protocol, WebSocketsSansIOProtocol):
+        return None
+    if VERSION not in TESTED:
+        return None
+    return protocol
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "websocket":
-            scope[RAW_SEND] = send
-            for route in self.routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child)
-                    await route.app(scope, receive, send)
-                    return
-        await self.app(scope, receive, send)
+
+def why_not(send: Any) -> str:
+    """Why the adapter does not apply to `send` (for the log line)."""
+    protocol = getattr(send, "__self__", None)
+    if WebSocketsSansIOProtocol is not None and isinstance(protocol, WebSocketsSansIOProtocol):
+        tested = ", ".join(f"{a}.{b}" for a, b in sorted(TESTED))
+        return f"uvicorn {uvicorn.__version__} is not a version the fast path was tested with ({tested})"
+    owner = type(protocol).__module__ if protocol is not None else getattr(send, "__module__", None)
+    if owner and owner.startswith("uvicorn."):
+        return "uvicorn's --ws is not websockets-sansio"
+    if send is None or (owner and owner.split(".")[0] in ("starlette", "fastapi")):
+        return "the server's send is wrapped by middleware (put transport.raw_send(app) outermost)"
+    return "the server is not uvicorn"
 
 
 class _LastFrame:
@@ -80,8 +101,8 @@ class _LastFrame:
 
 
 def direct_writer(send: Any) -> DirectWrite | None:
-    protocol = getattr(send, "__self__", None)
-    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+    protocol = protocol_of(send)
+    if protocol is None:
         return None
     try:
         conn, transport = protocol.conn, protocol.transport
@@ -190,8 +211,8 @@ def adopt(send: Any) -> Receive | None:
     wait unread and resumed once they are all taken (the same flow control,
     without two epoll changes per frame); the parsed handshake let go.
     Returns the `receive` to use, or None on any other server."""
-    protocol = getattr(send, "__self__", None)
-    if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+    protocol = protocol_of(send)
+    if protocol is None:
         return None
     try:
         if not protocol.handshake_complete or not isinstance(protocol.queue, asyncio.Queue):

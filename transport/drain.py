@@ -28,14 +28,31 @@ import asyncio
 import logging
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
-from endpoints.fastpath import RAW_SEND, drop_connection
-from endpoints.runtime import Runtime
+from transport.asgi import RAW_SEND
+from transport.uvicorn import drop_connection
 
 log = logging.getLogger("realtime.drain")
+
+
+class Socket(Protocol):
+    scope: Any
+
+    def end_for_restart(self) -> bool: ...
+
+
+class Runtime(Protocol):
+    """What the drain needs of the app's runtime (endpoints/runtime.py): transport/ imports no endpoints/."""
+
+    draining: bool
+    handling: int
+
+    @property
+    def sockets(self) -> Mapping[int, Collection[Socket]]: ...
+
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # How often the drain looks whether a step is done.

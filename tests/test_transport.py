@@ -1,0 +1,175 @@
+"""transport/: the plain path's writer against ASGI `send`s of every shape, and
+the fast-path adapter's choice (the server matrix is tests/test_servers.py)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import base_settings, chat, running
+from transport import server_of
+from transport.asgi import RAW_SEND, Outbound, RawSend
+from transport.uvicorn import direct_writer, protocol_of, why_not
+
+pytestmark = pytest.mark.anyio
+
+
+class NotACoroutine:
+    """What granian's `send` returns: an awaitable that is no coroutine (no `.send`)."""
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.done = done
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.done.__await__()
+
+
+class Peer:
+    """A server's `send`: every message recorded once the peer 'reads' it."""
+
+    def __init__(self, blocked: bool = False, awaitable: bool = False) -> None:
+        self.got: list[dict[str, Any]] = []
+        self.open = asyncio.Event()
+        if not blocked:
+            self.open.set()
+        self.awaitable = awaitable
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, message: dict[str, Any]) -> Any:
+        if self.awaitable:
+            future = asyncio.get_running_loop().create_future()
+
+            async def later() -> None:
+                await self.open.wait()
+                self.got.append(message)
+                if not future.done():  # cancelled with the writer that awaited it
+                    future.set_result(None)
+
+            task = asyncio.ensure_future(later())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+            return NotACoroutine(future)
+        return self._send(message)
+
+    async def _send(self, message: dict[str, Any]) -> None:
+        await self.open.wait()
+        self.got.append(message)
+
+
+@pytest.mark.parametrize("awaitable", [False, True], ids=["coroutine", "awaitable"])
+async def test_frames_go_out_in_order_then_the_close(awaitable: bool) -> None:
+    peer = Peer(awaitable=awaitable)
+    out = Outbound(peer.send, limit=100)
+    for i in range(10):
+        out.push(f"f{i}")
+    out.close(4003, "gone")
+    await out.drained(timeout=2)
+    assert [m.get("text") for m in peer.got[:-1]] == [f"f{i}" for i in range(10)]
+    assert peer.got[-1] == {"type": "websocket.close", "code": 4003, "reason": "gone"}
+    assert out.sent == 10 and out.closed
+
+
+@pytest.mark.parametrize("awaitable", [False, True], ids=["coroutine", "awaitable"])
+async def test_a_reader_that_stops_is_cut_off_with_1013_at_the_limit(awaitable: bool) -> None:
+    peer = Peer(blocked=True, awaitable=awaitable)
+    out = Outbound(peer.send, limit=4)
+    lost: list[bool] = []
+    out.on_closed = lambda: lost.append(True)
+    for i in range(4 + 2):  # one taken by the writer (waiting in `send`), four queued, then one too many
+        out.push(f"f{i}")
+        await asyncio.sleep(0)
+    assert out.closed and lost == [True]
+    assert out.dropped == 5
+    peer.open.set()
+    await out.drained(timeout=2)
+    await asyncio.sleep(0.01)
+    assert {"type": "websocket.close", "code": 1013, "reason": "slow consumer"} in peer.got, peer.got
+    out.push("after")
+    await asyncio.sleep(0.01)
+    # At most the frame the server had already taken went out; the queued ones were dropped.
+    assert [m["text"] for m in peer.got if m["type"] == "websocket.send"] in ([], ["f0"]), peer.got
+
+
+async def test_a_failed_send_closes_the_outbound_side_and_says_so() -> None:
+    async def broken(message: dict[str, Any]) -> None:
+        raise RuntimeError("the server refused")
+
+    out = Outbound(broken, limit=10)
+    lost: list[bool] = []
+    out.on_closed = lambda: lost.append(True)
+    out.push("x")
+    await out.drained(timeout=2)
+    assert out.closed and lost == [True]
+
+
+async def test_a_refused_close_code_becomes_a_normal_close() -> None:
+    got: list[dict[str, Any]] = []
+
+    async def picky(message: dict[str, Any]) -> None:
+        if message["type"] == "websocket.close" and message["code"] != 1000 and message["code"] < 3000:
+            raise ValueError("invalid close code")
+        got.append(message)
+
+    out = Outbound(picky, limit=10)
+    out.close(1011, "server error")
+    await out.drained(timeout=2)
+    assert got == [{"type": "websocket.close", "code": 1000, "reason": "1011 server error"}]
+
+
+async def test_the_uvicorn_adapter_applies_to_nothing_else() -> None:
+    async def plain(message: dict[str, Any]) -> None: ...
+
+    class Lookalike:
+        """Named like uvicorn's protocol, which the old check by class name accepted."""
+
+        async def send(self, message: dict[str, Any]) -> None: ...
+
+    Lookalike.__name__ = "WebSocketsSansIOProtocol"
+    for send in (plain, Lookalike().send, None):
+        assert protocol_of(send) is None and direct_writer(send) is None
+    assert "not uvicorn" in why_not(Lookalike().send)
+    assert server_of(plain) == "other"
+
+
+async def test_raw_send_keeps_the_servers_send_for_a_mounted_app() -> None:
+    seen: dict[str, Any] = {}
+
+    async def server_send(message: dict[str, Any]) -> None: ...
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.update(scope)
+
+    async def host_middleware(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        async def wrapped(message: dict[str, Any]) -> None:
+            await send(message)
+
+        await inner(scope, receive, wrapped)
+
+    await RawSend(host_middleware)({"type": "websocket"}, None, server_send)
+    assert seen[RAW_SEND] is server_send
+    seen.clear()
+    await RawSend(host_middleware)({"type": "http"}, None, server_send)
+    assert RAW_SEND not in seen
+
+
+async def test_on_an_untested_uvicorn_the_fast_path_stays_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The adapter reads uvicorn's internals: on a version it was not tested with it
+    declines, and the sockets work through plain ASGI `send`."""
+    from transport import uvicorn as adapter
+
+    for version, fast in (((0, 1), False), (adapter.VERSION, True)):
+        monkeypatch.setattr(adapter, "VERSION", version)
+        (tmp_path / str(fast)).mkdir()
+        async with running(base_settings(tmp_path / str(fast))) as srv:
+            await srv.room("r1", [1, 2])
+            async with chat(srv, "r1", 1) as a, chat(srv, "r1", 2) as b:
+                await a.expect("message_history")
+                await b.expect("message_history")
+                assert [e.out.fast for s in srv.runtime.sockets.values() for e in s] == [fast, fast]
+                await a.send({"type": "chat_message", "content": "either way"})
+                for client in (a, b):
+                    assert (await client.expect("chat_message"))["message"]["content"] == "either way"
