@@ -29,12 +29,12 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 
-from endpoints import notify as notifier
 from endpoints.notifications_api import NotificationBody
-from endpoints.runtime import Runtime
-from events.bus import Delivery
-from events.chat import ChatMessage
-from events.notifications import safe_url
+from events.node import notify as notifier
+from events.node.hub import Delivery
+from events.node.runtime import Runtime
+from events.protocol.chat import ChatMessage
+from events.protocol.notifications import safe_url
 from server import create_app
 from settings import Settings
 from store import messages, rooms, streams

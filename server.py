@@ -25,34 +25,23 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import (
-    api,
-    asyncapi,
-    consultation_api,
-    control,
-    dev,
-    files,
-    guard,
-    metrics,
-    notifications_api,
-    socket_slots,
-)
-from endpoints.auth import TokenVerifier
+from endpoints import api, asyncapi, consultation_api, dev, files, guard, notifications_api
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
-from endpoints.chat_notices import ChatNotices
-from endpoints.chat_presence import ChatPresence
 from endpoints.consultation import ConsultationEndpoint, describe_agora
 from endpoints.drain import Drain
 from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
-from endpoints.retention import Pruner
-from endpoints.runtime import Runtime
-from endpoints.scheduler import Scheduler
-from endpoints.session import for_settings as session_cookies
-from events import presence
-from events.bus import Hub
+from events.node import control, metrics, presence, socket_slots
+from events.node.auth import TokenVerifier
+from events.node.chat_notices import ChatNotices
+from events.node.chat_presence import ChatPresence
+from events.node.hub import Hub
+from events.node.retention import Pruner
+from events.node.runtime import Runtime
+from events.node.scheduler import Scheduler
+from events.node.session import for_settings as session_cookies
 from settings import Settings, SettingsError, from_env
 from store.db import Db
 from store.errors import StoreUnavailable
@@ -73,7 +62,7 @@ SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
 
 def broker(url: str) -> BroadcastBackend:
     if urlparse(url).scheme in ("redis", "rediss"):
-        from events.redis_backend import RedisBackend
+        from events.node.redis_broker import RedisBackend
 
         return RedisBackend(url)
     return MemoryBackend(url)

@@ -17,10 +17,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from endpoints import control
 from endpoints.chat import ID, access
-from endpoints.runtime import Runtime
-from events.frames import has_nul
+from events.node import control
+from events.node.runtime import Runtime
+from events.protocol.frames import has_nul
 from store import revocations, rooms, users
 from store.db import new_id
 from store.errors import StoreError, StoreUnavailable

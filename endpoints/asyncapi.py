@@ -3,7 +3,7 @@
 
 Channels are the socket routes (`server.SOCKETS`); what a client may send on
 each is its endpoint's `kinds` (the structs the decoder validates with); what
-the server sends is `events.schema.SENDS`. msgspec turns both into JSON Schemas.
+the server sends is `events.protocol.schema.SENDS`. msgspec turns both into JSON Schemas.
 Operations are from the server's side: it `receive`s client frames and `send`s
 its own. `docs/generate.py` renders the same document as `docs/asyncapi.md`.
 """
@@ -21,8 +21,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from endpoints.base import BaseEndpoint
-from events import schema
-from events.frames import MAX_BATCH, Frame
+from events.protocol import schema
+from events.protocol.frames import MAX_BATCH, Frame
 
 VERSION = "3.0.0"
 REF = "#/components/schemas/{name}"

@@ -17,14 +17,14 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
 from endpoints.fastpath import RAW_SEND, adopt, direct_writer, drop_connection
-from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
 from endpoints.outbound import Outbound
-from endpoints.runtime import Runtime
-from events import errors, outbound
-from events.bus import Delivery
-from events.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
+from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
+from events.node.hub import Delivery
+from events.node.limits import CHEAP, AbuseMeter, TokenBucket
+from events.node.runtime import Runtime
+from events.protocol import errors, outbound
+from events.protocol.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
 from store import streams
 from store.errors import AccessEnded, StoreError, StoreUnavailable
 

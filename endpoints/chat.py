@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 import re
 
-from endpoints import notify
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events import chat as frames
-from events import outbound
+from events.node import notify
+from events.protocol import chat as frames
+from events.protocol import outbound
 from store import messages, rooms, streams
 from store.errors import AccessEnded
 

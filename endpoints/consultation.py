@@ -20,14 +20,14 @@ from typing import Any
 
 import msgspec
 
-from endpoints import agora as rtc
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
 from endpoints.chat import ID
-from endpoints.runtime import Runtime
-from events import consultation as frames
-from events.bus import Delivery
-from events.frames import Ping
-from events.outbound import encode
+from events.node import agora as rtc
+from events.node.hub import Delivery
+from events.node.runtime import Runtime
+from events.protocol import consultation as frames
+from events.protocol.frames import Ping
+from events.protocol.outbound import encode
 from settings import Settings
 from store import consultations
 from store.consultations import Consultation

@@ -15,8 +15,8 @@ from starlette.routing import Route
 from endpoints import consultation
 from endpoints.api import ApiError, RoomId, UserId, body, service
 from endpoints.chat import ID
-from endpoints.runtime import Runtime
-from events.consultation import MAX_REASON
+from events.node.runtime import Runtime
+from events.protocol.consultation import MAX_REASON
 from store import consultations
 from store.db import new_id
 

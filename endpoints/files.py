@@ -19,11 +19,11 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
-from endpoints import notify
-from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
 from endpoints.chat import ID
-from endpoints.runtime import Runtime
-from events.bus import Delivery
+from events.node import notify
+from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
+from events.node.hub import Delivery
+from events.node.runtime import Runtime
 from store import messages, rooms, streams
 from store.db import new_id
 from store.errors import AccessEnded

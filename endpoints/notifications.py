@@ -10,8 +10,8 @@ somebody else's notifications, never a missing resource).
 from __future__ import annotations
 
 from endpoints.base import FORBIDDEN, BaseEndpoint, Refused
-from events import notifications as frames
-from events.frames import Sync
+from events.protocol import notifications as frames
+from events.protocol.frames import Sync
 from store import notifications, streams
 
 

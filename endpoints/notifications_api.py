@@ -14,9 +14,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from endpoints.api import ApiError, UserId, body, service
-from endpoints.notify import notify
-from endpoints.runtime import Runtime
-from events.notifications import safe_url
+from events.node.notify import notify
+from events.node.runtime import Runtime
+from events.protocol.notifications import safe_url
 
 MAX_RECIPIENTS = 10_000
 

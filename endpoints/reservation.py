@@ -12,9 +12,9 @@ reservation channel (4004).
 
 from __future__ import annotations
 
-from endpoints import notify
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events import reservation as frames
+from events.node import notify
+from events.protocol import reservation as frames
 from store import reservations, users
 from store.errors import Forbidden
 

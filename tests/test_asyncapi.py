@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from endpoints import base, control
 from endpoints.asyncapi import document
 from endpoints.outbound import SLOW_CONSUMER
-from events import errors, schema
+from events.protocol import errors, schema
 from server import SOCKETS
 from tests.conftest import Client, Server, token
 from tests.test_agora import APP_CERT, APP_ID

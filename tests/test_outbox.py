@@ -17,7 +17,7 @@ from broadcaster import Event
 from broadcaster._backends.base import BroadcastBackend
 from prometheus_client.parser import text_string_to_metric_families
 
-from events.bus import GAP, Delivery, Hub, pack, unpack
+from events.node.hub import GAP, Delivery, Hub, pack, unpack
 from store import streams
 from store.db import Db, Runner
 from store.outbox import Outbox

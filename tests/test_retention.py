@@ -142,7 +142,7 @@ async def test_read_notifications_are_pruned_by_age_unread_ones_kept(server: Ser
 
 
 async def test_a_pass_deletes_in_bounded_batches(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    from endpoints import retention as service
+    from events.node import retention as service
 
     monkeypatch.setattr(service, "BATCH", 7)
     await server.room("r", [1, 2])
@@ -275,8 +275,8 @@ async def test_a_hole_in_the_kept_events_is_a_resync_not_a_silent_gap(server: Se
 async def test_two_pruners_on_one_database_delete_each_row_once(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from endpoints import retention as service
-    from endpoints.retention import Pruner
+    from events.node import retention as service
+    from events.node.retention import Pruner
     from store.db import Db
 
     monkeypatch.setattr(service, "BATCH", 7)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 
-from endpoints.runtime import Runtime
-from events.bus import Delivery
+from events.node.hub import Delivery
+from events.node.runtime import Runtime
 
 log = logging.getLogger("realtime.control")
 

@@ -1,6 +1,6 @@
 """The shapes of the frames the server sends, as msgspec structs.
 
-The builders (`events.outbound`, `store.streams`, the channel modules) write
+The builders (`events.protocol.outbound`, `store.streams`, the channel modules) write
 frames as plain dicts, serialized once for any number of sockets; these structs
 describe what they write, so that the AsyncAPI document (`endpoints.asyncapi`)
 can give each frame a JSON Schema beside the client frames' own structs. The
@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from events import errors
+from events.protocol import errors
 
 Timestamp = Annotated[
     str,

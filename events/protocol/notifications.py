@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.frames import COMMON, Frame, Id, Sync
-from events.outbound import encode
+from events.protocol.frames import COMMON, Frame, Id, Sync
+from events.protocol.outbound import encode
 
 
 class MarkRead(Frame):

@@ -31,7 +31,7 @@ from urllib.parse import urlparse
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.presence import namespace
+from events.node.presence import namespace
 from settings import Settings
 from store import rooms
 from store.db import Db

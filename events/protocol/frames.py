@@ -1,6 +1,6 @@
 """Client frames: the base struct, the frames every endpoint takes, and the decoder.
 
-Each channel names its own frames (`events/chat.py`, ...), one typed struct per
+Each channel names its own frames (`events/protocol/chat.py`, ...), one typed struct per
 `type`; this decoder validates all of them in one place.
 
 `decode` turns a text frame into typed frames or `BadFrame`s carrying the
@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from events import errors
+from events.protocol import errors
 
 MAX_BATCH = 50
 

@@ -27,11 +27,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # The event put into the stream after a reconnect: messages published while
 # the link was down were not received. The hub defines it.
-from events.bus import GAP
+from events.node.hub import GAP
 
 __all__ = ["GAP", "BrokerUnavailable", "RedisBackend"]
 
-logger = logging.getLogger(__name__)
+# The name it had before the move: log configurations and filters name it.
+logger = logging.getLogger("events.redis_backend")
 
 
 # Errors that mean "the link to Redis is unusable", as opposed to bugs.

@@ -23,8 +23,8 @@ from typing import Protocol
 from urllib.parse import urlparse
 
 from endpoints import consultation
-from endpoints.runtime import Runtime
-from events.presence import namespace
+from events.node.presence import namespace
+from events.node.runtime import Runtime
 from store import consultations
 
 log = logging.getLogger("realtime.scheduler")

@@ -10,9 +10,9 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
-from endpoints.chat_notices import Window
-from endpoints.runtime import Runtime
-from events.bus import Delivery
+from events.node.chat_notices import Window
+from events.node.hub import Delivery
+from events.node.runtime import Runtime
 from store import notifications, streams
 from store.notifications import Created, Kind
 

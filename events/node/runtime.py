@@ -7,17 +7,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from endpoints.auth import Identity, TokenVerifier
-from endpoints.chat_notices import ChatNotices
-from endpoints.chat_presence import ChatPresence
 from endpoints.guard import PendingPerAddress
-from endpoints.limits import TokenBucket
-from endpoints.metrics import Metrics
-from endpoints.revocation import Revocations
-from endpoints.session import SessionCookies
-from endpoints.socket_slots import LocalSlots, SocketSlots
-from events.bus import Hub
-from events.presence import MemoryPresence, Presence
+from events.node.auth import Identity, TokenVerifier
+from events.node.chat_notices import ChatNotices
+from events.node.chat_presence import ChatPresence
+from events.node.hub import Hub
+from events.node.limits import TokenBucket
+from events.node.metrics import Metrics
+from events.node.presence import MemoryPresence, Presence
+from events.node.revocation import Revocations
+from events.node.session import SessionCookies
+from events.node.socket_slots import LocalSlots, SocketSlots
 from settings import Settings
 from store import users
 from store.db import Db
@@ -51,7 +51,7 @@ class Runtime:
     slots: SocketSlots = field(default_factory=LocalSlots)
     # Revoked tokens, cached from the store.
     revocations: Revocations = field(default_factory=Revocations)
-    # The WebSocket session cookie; None where it is off (see endpoints/session.py).
+    # The WebSocket session cookie; None where it is off (see events/node/session.py).
     sessions: SessionCookies | None = None
     # Set by the shutdown drain (endpoints/drain.py): new sockets are refused, new frames answered `unavailable`.
     draining: bool = False

@@ -25,7 +25,7 @@ from typing import Any
 import jwt
 from starlette.requests import HTTPConnection
 
-from endpoints.auth import AuthError, Identity, TokenVerifier, cookie_origin_allowed, explicit_token, identity_from
+from events.node.auth import AuthError, Identity, TokenVerifier, cookie_origin_allowed, explicit_token, identity_from
 from settings import Settings
 
 COOKIE = "realtime_session"

@@ -22,11 +22,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from events.bus import Delivery
-from events.frames import BadFrame, Decoded
+from events.node.hub import Delivery
+from events.protocol.frames import BadFrame, Decoded
 
 if TYPE_CHECKING:
-    from endpoints.runtime import Runtime
+    from events.node.runtime import Runtime
 
 # Close codes get their own label value; any other (a client picks its own) is
 # `other`, so a client cannot create series at will.
