@@ -31,13 +31,14 @@ from starlette.applications import Starlette
 
 from endpoints.notifications_api import NotificationBody
 from events.node import notify as notifier
+from events.node import topics
 from events.node.hub import Delivery
-from events.node.runtime import Runtime
+from events.node.node import Runtime
 from events.protocol.chat import ChatMessage
 from events.protocol.notifications import safe_url
 from server import create_app
 from settings import Settings
-from store import messages, rooms, streams
+from store import messages, rooms
 from store.errors import NotFound
 
 SYSTEM = {"id": 0, "name": "System"}
@@ -141,6 +142,6 @@ class Realtime:
             frame.client_msg_id,
         )
         if posted.frame is not None:
-            await rt.hub.publish(streams.chat_stream(room_id), Delivery("chat_message", posted.seq, 0, posted.frame))
+            await rt.hub.publish(topics.chat(room_id), Delivery("chat_message", posted.seq, 0, posted.frame))
             notifier.chat_message(rt, room_id, posted.message)
         return posted.message

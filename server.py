@@ -15,8 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-from broadcaster._backends.base import BroadcastBackend
-from broadcaster._backends.memory import MemoryBackend
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -28,18 +26,20 @@ import logconfig
 from endpoints import api, asyncapi, consultation_api, dev, files, guard, notifications_api
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
-from endpoints.consultation import ConsultationEndpoint, describe_agora
+from endpoints.consultation import ConsultationEndpoint
 from endpoints.drain import Drain
 from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
 from events.node import control, metrics, presence, socket_slots
 from events.node.auth import TokenVerifier
+from events.node.broker import Broker, MemoryBroker
 from events.node.chat_notices import ChatNotices
 from events.node.chat_presence import ChatPresence
+from events.node.consultation_rules import describe_agora
 from events.node.hub import Hub
+from events.node.node import Runtime
 from events.node.retention import Pruner
-from events.node.runtime import Runtime
 from events.node.scheduler import Scheduler
 from events.node.session import for_settings as session_cookies
 from settings import Settings, SettingsError, from_env
@@ -60,12 +60,12 @@ SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
 ]
 
 
-def broker(url: str) -> BroadcastBackend:
+def broker(url: str) -> Broker:
     if urlparse(url).scheme in ("redis", "rediss"):
         from events.node.redis_broker import RedisBackend
 
         return RedisBackend(url)
-    return MemoryBackend(url)
+    return MemoryBroker()
 
 
 def socket_routes() -> list[BaseRoute]:
@@ -149,6 +149,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             metrics=app_metrics,
             slots=socket_slots.for_settings(settings),
             sessions=session_cookies(settings, verifier),
+            pending_per_address=guard.PendingPerAddress(settings.max_pending_per_ip),
         )
         if runtime.sessions is None:
             log.warning(

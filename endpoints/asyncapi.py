@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from endpoints.base import BaseEndpoint
 from events.protocol import schema
 from events.protocol.frames import MAX_BATCH, Frame
 
@@ -28,7 +27,15 @@ VERSION = "3.0.0"
 REF = "#/components/schemas/{name}"
 PARAMETER = re.compile(r"\{(\w+)\}")
 
-Sockets = Sequence[tuple[str, type[BaseEndpoint]]]
+
+class SocketClass(Protocol):
+    """What the document reads off a socket channel's class (server.SOCKETS passes them in)."""
+
+    channel: str
+    kinds: Mapping[str, type[msgspec.Struct]]
+
+
+Sockets = Sequence[tuple[str, type[SocketClass]]]
 
 
 def _own_doc(obj: Any) -> str | None:
@@ -164,7 +171,7 @@ def _message(type_: str, struct: type[msgspec.Struct], ref: str, side: str, abou
     return message
 
 
-def _query(endpoint: type[BaseEndpoint]) -> dict[str, Any]:
+def _query(endpoint: type[SocketClass]) -> dict[str, Any]:
     token = {
         "type": "string",
         "description": "the JWT; or an `Authorization: Bearer` header, an `access_token` cookie, a first `auth` frame",

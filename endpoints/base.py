@@ -22,7 +22,7 @@ from endpoints.outbound import Outbound
 from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
 from events.node.hub import Delivery
 from events.node.limits import CHEAP, AbuseMeter, TokenBucket
-from events.node.runtime import Runtime
+from events.node.node import Runtime
 from events.protocol import errors, outbound
 from events.protocol.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
 from store import streams

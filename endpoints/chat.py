@@ -3,21 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events.node import notify
+from events.node import notify, topics
 from events.protocol import chat as frames
 from events.protocol import outbound
 from store import messages, rooms, streams
 from store.errors import AccessEnded
-
-ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def access(room_id: str) -> str:
-    """What a chat socket's access is to (`control.end_access`)."""
-    return f"chat:{room_id}"
 
 
 class ChatEndpoint(BaseEndpoint):
@@ -30,13 +22,13 @@ class ChatEndpoint(BaseEndpoint):
     async def authorize(self) -> None:
         room_id = self.scope["path_params"]["room_id"]
         # Set before the membership is read: a removal from now on reaches this socket.
-        self.access = access(room_id)
-        if not ID.fullmatch(room_id) or not await rooms.exists(self.rt.db, room_id):
+        self.access = topics.chat_access(room_id)
+        if not topics.ID.fullmatch(room_id) or not await rooms.exists(self.rt.db, room_id):
             raise Refused(NOT_FOUND, "no such room")
         if not await rooms.is_member(self.rt.db, room_id, self.user_id):
             raise Refused(FORBIDDEN, "not a member of this room")
         self.room_id = room_id
-        self.stream = streams.chat_stream(room_id)
+        self.stream = topics.chat(room_id)
         self.topics = [self.stream]
 
     async def opened(self) -> None:

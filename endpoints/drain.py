@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any
 
 from endpoints.fastpath import RAW_SEND, drop_connection
-from events.node.runtime import Runtime
+from events.node.node import Runtime
 
 log = logging.getLogger("realtime.drain")
 

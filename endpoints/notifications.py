@@ -10,9 +10,10 @@ somebody else's notifications, never a missing resource).
 from __future__ import annotations
 
 from endpoints.base import FORBIDDEN, BaseEndpoint, Refused
+from events.node import topics
 from events.protocol import notifications as frames
 from events.protocol.frames import Sync
-from store import notifications, streams
+from store import notifications
 
 
 class NotificationsEndpoint(BaseEndpoint):
@@ -23,7 +24,7 @@ class NotificationsEndpoint(BaseEndpoint):
         path_user = self.scope["path_params"].get("user_id")
         if path_user is not None and path_user != str(self.user_id):
             raise Refused(FORBIDDEN, "these are not your notifications")
-        self.stream = streams.user_stream(self.user_id)
+        self.stream = topics.user(self.user_id)
         self.topics = [self.stream]
 
     async def opened(self) -> None:

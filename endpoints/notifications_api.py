@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from endpoints.api import ApiError, UserId, body, service
+from events.node.node import Runtime
 from events.node.notify import notify
-from events.node.runtime import Runtime
 from events.protocol.notifications import safe_url
 
 MAX_RECIPIENTS = 10_000

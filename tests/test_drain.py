@@ -22,7 +22,7 @@ from websockets.exceptions import InvalidStatus
 
 from endpoints.drain import Drain
 from endpoints.fastpath import drop_connection
-from events.node.runtime import Runtime
+from events.node.node import Runtime
 from tests.conftest import Client, base_settings, token, ws
 from tests.procs import Proc, ready, start
 

@@ -19,9 +19,9 @@ import warnings
 from collections.abc import AsyncIterator
 
 import pytest
-from broadcaster import Event
 from redis.asyncio import Redis
 
+from events.node.broker import Event
 from events.node.redis_broker import GAP, BrokerUnavailable, RedisBackend
 
 REDIS_HOST = "127.0.0.1"

@@ -25,7 +25,7 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 from urllib.parse import urlparse
 
 from redis.asyncio import Redis
@@ -36,8 +36,12 @@ from settings import Settings
 from store import rooms
 from store.db import Db
 
-if TYPE_CHECKING:
-    from endpoints.base import BaseEndpoint
+
+class Member(Protocol):
+    """A chat socket as presence sees it (endpoints/chat.py's; no socket module is imported here)."""
+
+    user_id: int
+
 
 log = logging.getLogger("realtime.chat_presence")
 
@@ -57,7 +61,7 @@ class ChatPresence:
         self.prefix = namespace + "chat:"
         self.node = secrets.token_hex(6)
         self.counts: dict[Key, int] = {}
-        self.entered: dict[BaseEndpoint, Key] = {}
+        self.entered: dict[Member, Key] = {}
         self.lock = asyncio.Lock()
         self.heartbeat: asyncio.Task[None] | None = None
         self.members: dict[str, tuple[float, list[int]]] = {}
@@ -73,7 +77,7 @@ class ChatPresence:
         # Processes that share a store share presence; other deployments on the same Redis do not.
         return cls(settings.broker_url, namespace(settings))
 
-    async def enter(self, socket: BaseEndpoint, room_id: str) -> None:
+    async def enter(self, socket: Member, room_id: str) -> None:
         if socket in self.entered:
             return
         key = (room_id, socket.user_id)
@@ -88,7 +92,7 @@ class ChatPresence:
         if self.counts[key] == 1:
             await self._sync(key)
 
-    async def leave(self, socket: BaseEndpoint) -> None:
+    async def leave(self, socket: Member) -> None:
         key = self.entered.pop(socket, None)
         if key is None:
             return

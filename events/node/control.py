@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import logging
 
+from events.node import topics
 from events.node.hub import Delivery
-from events.node.runtime import Runtime
+from events.node.node import Runtime
 
 log = logging.getLogger("realtime.control")
 
-TOPIC = "ctl"
+TOPIC = topics.CONTROL_TOPIC
 REVOKED = 4001
 FORBIDDEN = 4003
 

@@ -10,10 +10,11 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any
 
+from events.node import topics
 from events.node.chat_notices import Window
 from events.node.hub import Delivery
-from events.node.runtime import Runtime
-from store import notifications, streams
+from events.node.node import Runtime
+from store import notifications
 from store.notifications import Created, Kind
 
 # Publishes in flight at once: a batch to 10,000 users must not open 10,000 broker requests.
@@ -45,7 +46,7 @@ async def publish(runtime: Runtime, created: list[Created]) -> None:
     for start in range(0, len(created), PUBLISH_CONCURRENCY):
         await asyncio.gather(
             *(
-                hub.publish(streams.user_stream(c.user_id), Delivery(c.event, c.seq, 0, c.frame))
+                hub.publish(topics.user(c.user_id), Delivery(c.event, c.seq, 0, c.frame))
                 for c in created[start : start + PUBLISH_CONCURRENCY]
             )
         )

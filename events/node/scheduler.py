@@ -22,9 +22,9 @@ import time
 from typing import Protocol
 from urllib.parse import urlparse
 
-from endpoints import consultation
+from events.node import consultation_rules
+from events.node.node import Runtime
 from events.node.presence import namespace
-from events.node.runtime import Runtime
 from store import consultations
 
 log = logging.getLogger("realtime.scheduler")
@@ -101,10 +101,10 @@ class Scheduler:
         self.ticks += 1
         rt = self.rt
         for ended in await consultations.end_due(rt.db):
-            await consultation.announce_ended(rt, ended)
+            await consultation_rules.announce_ended(rt, ended)
         for consultation_id, user_id in await rt.presence.sweep():
-            await consultation.announce_left(rt, consultation_id, user_id)
+            await consultation_rules.announce_left(rt, consultation_id, user_id)
         pending = await consultations.open_extensions(rt.db)
         for c in await consultations.in_progress(rt.db):
-            frame = await consultation.status_frame(rt, c, pending.get(c.id), look_up=False)
-            await consultation.publish(rt, c.id, "consultation_status", frame)
+            frame = await consultation_rules.status_frame(rt, c, pending.get(c.id), look_up=False)
+            await consultation_rules.publish(rt, c.id, "consultation_status", frame)

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from endpoints.guard import PendingPerAddress
 from events.node.auth import Identity, TokenVerifier
 from events.node.chat_notices import ChatNotices
 from events.node.chat_presence import ChatPresence
@@ -22,23 +21,52 @@ from settings import Settings
 from store import users
 from store.db import Db
 
-if TYPE_CHECKING:
-    from endpoints.base import BaseEndpoint
+
+class Socket(Protocol):
+    """What the Node needs of an open socket (endpoints/base.py is one); the Node imports no socket module."""
+
+    user_id: int
+    access: str
+
+    def close_for(self, code: int, reason: str) -> None: ...
+
+
+class AddressLimit(Protocol):
+    """The count of connections not yet accepted per client address (the guard's)."""
+
+    counts: dict[str, int]
+
+    def take(self, host: str) -> bool: ...
+
+    def release(self, host: str) -> None: ...
+
+
+class NoAddressLimit:
+    """For a Node built without the guard's counter (tests, embedding): no limit."""
+
+    counts: dict[str, int] = {}
+
+    def take(self, host: str) -> bool:
+        return True
+
+    def release(self, host: str) -> None:
+        pass
 
 
 @dataclass
-class Runtime:
+class Node:
     settings: Settings
     db: Db
     hub: Hub
     verifier: TokenVerifier
-    sockets: dict[int, set[BaseEndpoint]] = field(default_factory=lambda: defaultdict(set))
+    sockets: dict[int, set[Socket]] = field(default_factory=lambda: defaultdict(set))
     # One frame budget per user across their sockets in this process.
     user_buckets: dict[int, TokenBucket] = field(default_factory=dict)
     pending_auth: int = 0
     # Connections not yet accepted or authenticated, per client address
     # (MAX_PENDING_PER_IP): the connection guard and the endpoints share it.
-    pending_per_address: PendingPerAddress = field(init=False)
+    # The app factory passes the guard's counter (MAX_PENDING_PER_IP).
+    pending_per_address: AddressLimit = field(default_factory=NoAddressLimit)
     # Consultation presence; the lifespan passes the one the broker calls for.
     presence: Presence = field(default_factory=MemoryPresence)
     # Who has a chat socket open on which room (chat notifications); the lifespan passes it.
@@ -57,9 +85,6 @@ class Runtime:
     draining: bool = False
     # Frames whose handler is running (a store write and its echo in flight).
     handling: int = 0
-
-    def __post_init__(self) -> None:
-        self.pending_per_address = PendingPerAddress(self.settings.max_pending_per_ip)
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the
@@ -101,3 +126,7 @@ class Runtime:
 
     def open_sockets(self) -> int:
         return sum(len(s) for s in self.sockets.values())
+
+
+# The name the endpoints, the tests and `app.state.runtime` have always used.
+Runtime = Node
