@@ -30,15 +30,12 @@ import msgspec
 from starlette.applications import Starlette
 
 from endpoints.notifications_api import NotificationBody
-from events.node import notify as notifier
-from events.node import topics
-from events.node.hub import Delivery
 from events.node.node import Runtime
 from events.protocol.chat import ChatMessage
 from events.protocol.notifications import safe_url
 from server import create_app
 from settings import Settings
-from store import messages, rooms
+from store import rooms
 from store.errors import NotFound
 
 SYSTEM = {"id": 0, "name": "System"}
@@ -94,9 +91,7 @@ class Realtime:
             raise ValueError("`title` must not be blank")
         if checked.action_url is not None and not safe_url(checked.action_url):
             raise ValueError("`action_url` must be an http(s) URL or a path on the site")
-        created = await notifier.notify(
-            self.runtime, users, checked.type, checked.title, checked.body, checked.action_url
-        )
+        created = await self.runtime.notify(users, checked.type, checked.title, checked.body, checked.action_url)
         return [{"user_id": c.user_id, "seq": c.seq, "notification": c.notification} for c in created]
 
     async def publish(
@@ -131,8 +126,7 @@ class Realtime:
         if not await rooms.exists(rt.db, room_id):
             raise NotFound("no such room")
         author = dict(sender or SYSTEM)
-        posted = await messages.post(
-            rt.db,
+        posted = await rt.post_message(
             room_id,
             author,
             frame.content,
@@ -141,7 +135,4 @@ class Realtime:
             frame.file_name,
             frame.client_msg_id,
         )
-        if posted.frame is not None:
-            await rt.hub.publish(topics.chat(room_id), Delivery("chat_message", posted.seq, 0, posted.frame))
-            notifier.chat_message(rt, room_id, posted.message)
         return posted.message

@@ -431,7 +431,7 @@ class BaseEndpoint(WebSocketEndpoint):
         return None
 
     async def publish(self, topic: str, type_: str, frame: str, seq: int = 0, exclude: int = 0) -> None:
-        await self.rt.hub.publish(topic, Delivery(type_, seq, exclude, frame))
+        await self.rt.publish(topic, type_, frame, seq, exclude)
 
     def reply_error(self, code: str, message: str, request_type: str | None = None, client_msg_id: Any = None) -> None:
         self.rt.metrics.error(code)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events.node import notify, topics
+from events.node import topics
 from events.protocol import chat as frames
 from events.protocol import outbound
 from store import messages, rooms, streams
@@ -49,8 +49,7 @@ class ChatEndpoint(BaseEndpoint):
 
     async def handle_chat_message(self, frame: frames.ChatMessage) -> None:
         await self._stop_typing()
-        posted = await messages.post(
-            self.rt.db,
+        posted = await self.rt.post_message(
             self.room_id,
             self.user,
             frame.content,
@@ -63,11 +62,6 @@ class ChatEndpoint(BaseEndpoint):
         if posted.frame is None:
             # A retry of something already stored: answer the sender, tell nobody else.
             self.out.push(outbound.chat_message(posted.message))
-            return
-        await self.publish(self.stream, "chat_message", posted.frame, posted.seq)
-        # Members away from the room get a notification, off the hot path and
-        # not tied to this socket (a sender may close right after sending).
-        notify.chat_message(self.rt, self.room_id, posted.message)
 
     async def handle_typing_start(self, frame: frames.TypingStart) -> None:
         loop = asyncio.get_running_loop()
@@ -87,14 +81,12 @@ class ChatEndpoint(BaseEndpoint):
         await self._stop_typing()
 
     async def handle_mark_read(self, frame: frames.MarkRead) -> None:
-        event = await messages.mark_read(self.rt.db, self.room_id, frame.message_id, self.user_id)
-        if event is not None:
-            seq, text = event
-            await self.publish(self.stream, "message_read", text, seq)
+        read = messages.mark_read(self.rt.db, self.room_id, frame.message_id, self.user_id)
+        await self.rt.commit(self.stream, "message_read", read)
 
     async def handle_delete_message(self, frame: frames.DeleteMessage) -> None:
-        seq, text = await messages.delete(self.rt.db, self.room_id, frame.message_id, self.user_id)
-        await self.publish(self.stream, "message_deleted", text, seq)
+        deleted = messages.delete(self.rt.db, self.room_id, frame.message_id, self.user_id)
+        await self.rt.commit(self.stream, "message_deleted", deleted)
 
     async def handle_fetch_history(self, frame: frames.FetchHistory) -> None:
         await self._still_member()

@@ -19,11 +19,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
-from events.node import notify, topics
+from events.node import topics
 from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
-from events.node.hub import Delivery
 from events.node.node import Runtime
-from store import messages, rooms
+from store import rooms
 from store.db import new_id
 from store.errors import AccessEnded
 
@@ -145,8 +144,7 @@ async def store_file(
         final = folder / name
         os.replace(partial, final)
         try:
-            posted = await messages.post(
-                rt.db,
+            posted = await rt.store_message(
                 room_id,
                 sender,
                 content,
@@ -165,8 +163,7 @@ async def store_file(
     finally:
         partial.unlink(missing_ok=True)
     assert posted.frame is not None
-    await rt.hub.publish(topics.chat(room_id), Delivery("chat_message", posted.seq, 0, posted.frame))
-    notify.chat_message(rt, room_id, posted.message)
+    await rt.announce_message(room_id, posted)
     return JSONResponse({"message": posted.message}, status_code=201)
 
 

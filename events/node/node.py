@@ -1,16 +1,26 @@
-"""What every endpoint of one app shares: settings, store, hub, token verifier,
-and the registry of this process's open sockets."""
+"""The Node: the one object of a process that owns the messaging core, modelled
+on Centrifuge's Node (and Phoenix's PubSub/Presence split). It holds the store
+writer (`db`), the hub with its broker and outbox relay (`hub`), presence,
+the streams, and the registry of this process's open sockets; the sockets, the
+HTTP API and the Python API (embedding.py) write events through its methods
+(`publish`, `commit`, `post_message`, `notify`) and nothing else writes and
+publishes by hand.
+
+`Runtime` is the same class under the name the endpoints, the tests and
+`app.state.runtime` have always used."""
 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from events.node import notify, topics
 from events.node.auth import Identity, TokenVerifier
 from events.node.chat_notices import ChatNotices
 from events.node.chat_presence import ChatPresence
-from events.node.hub import Hub
+from events.node.hub import Delivery, Hub
 from events.node.limits import TokenBucket
 from events.node.metrics import Metrics
 from events.node.presence import MemoryPresence, Presence
@@ -18,8 +28,9 @@ from events.node.revocation import Revocations
 from events.node.session import SessionCookies
 from events.node.socket_slots import LocalSlots, SocketSlots
 from settings import Settings
-from store import users
+from store import messages, users
 from store.db import Db
+from store.notifications import Created, Kind
 
 
 class Socket(Protocol):
@@ -85,6 +96,89 @@ class Node:
     draining: bool = False
     # Frames whose handler is running (a store write and its echo in flight).
     handling: int = 0
+
+    # ---- writing events: the only path from a change to every subscriber -----------
+
+    async def publish(self, stream: str, type_: str, frame: str, seq: int = 0, exclude: int = 0) -> None:
+        """Send one event on a topic (`topics`): to this process's subscribers and,
+        through the broker, every other's. `seq` is the committed position of a
+        stream event (0: not persisted); `exclude` a user whose sockets skip it."""
+        await self.hub.publish(stream, Delivery(type_, seq, exclude, frame))
+
+    async def commit(self, stream: str, type_: str, write: Awaitable[tuple[int, str] | None]) -> int | None:
+        """Store, then publish: `write` commits one stream event and returns its
+        (seq, frame), or None when nothing changed (then nothing is sent)."""
+        event = await write
+        if event is None:
+            return None
+        seq, frame = event
+        await self.publish(stream, type_, frame, seq)
+        return seq
+
+    async def post_message(
+        self,
+        room_id: str,
+        sender: dict[str, Any],
+        content: str,
+        message_type: str = "text",
+        file_url: str | None = None,
+        file_name: str | None = None,
+        client_msg_id: str | None = None,
+        *,
+        from_member: bool = False,
+    ) -> messages.Posted:
+        """A chat message, from a socket, an upload or the Python API: stored (a
+        repeated `client_msg_id` stores and sends nothing), published on the
+        room's stream, and the members away from the room notified, off the hot
+        path and not tied to the caller (a sender may close right after sending)."""
+        posted = await self.store_message(
+            room_id, sender, content, message_type, file_url, file_name, client_msg_id, from_member=from_member
+        )
+        await self.announce_message(room_id, posted)
+        return posted
+
+    async def store_message(
+        self,
+        room_id: str,
+        sender: dict[str, Any],
+        content: str,
+        message_type: str = "text",
+        file_url: str | None = None,
+        file_name: str | None = None,
+        client_msg_id: str | None = None,
+        *,
+        from_member: bool = False,
+    ) -> messages.Posted:
+        """The first half of `post_message`, for a caller that must know the
+        message is stored before it is sent (an upload keeps its file then)."""
+        return await messages.post(
+            self.db,
+            room_id,
+            sender,
+            content,
+            message_type,
+            file_url,
+            file_name,
+            client_msg_id,
+            from_member=from_member,
+        )
+
+    async def announce_message(self, room_id: str, posted: messages.Posted) -> None:
+        """The second half of `post_message`: publish a new message and notify the members away."""
+        if posted.frame is not None:
+            await self.publish(topics.chat(room_id), "chat_message", posted.frame, posted.seq)
+            notify.chat_message(self, room_id, posted.message)
+
+    async def notify(
+        self,
+        user_ids: Iterable[int],
+        type_: Kind,
+        title: str,
+        body: str,
+        action_url: str | None = None,
+    ) -> list[Created]:
+        """Store one notification per user in one write, then `new_notification` on each user's stream."""
+        return await notify.notify(self, user_ids, type_, title, body, action_url)
 
     async def profile(self, identity: Identity) -> dict[str, Any]:
         """The user as the protocol shows it: token claims first, then what the

@@ -8,14 +8,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
 from events.node import topics
-from events.node.chat_notices import Window
-from events.node.hub import Delivery
-from events.node.node import Runtime
+from events.node.chat_notices import ChatNotices, Window
+from events.node.chat_presence import ChatPresence
+from events.node.hub import Delivery, Hub
 from store import notifications
+from store.db import Db
 from store.notifications import Created, Kind
+
+
+class Runtime(Protocol):
+    """The Node's parts a notification uses (events/node/node.py; named here so the two do not import each other)."""
+
+    db: Db
+    hub: Hub
+    chat_presence: ChatPresence
+    chat_notices: ChatNotices
+
 
 # Publishes in flight at once: a batch to 10,000 users must not open 10,000 broker requests.
 PUBLISH_CONCURRENCY = 64
