@@ -31,11 +31,10 @@ from endpoints.drain import Drain
 from endpoints.fastpath import SocketRoutes
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
-from events.node import control, metrics, presence, socket_slots
+from events.node import control, metrics, presence, redis_client, socket_slots
 from events.node.auth import TokenVerifier
 from events.node.broker import Broker, MemoryBroker
 from events.node.chat_notices import ChatNotices
-from events.node.chat_presence import ChatPresence
 from events.node.consultation_rules import describe_agora
 from events.node.hub import Hub
 from events.node.node import Runtime
@@ -61,7 +60,7 @@ SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
 
 
 def broker(url: str) -> Broker:
-    if urlparse(url).scheme in ("redis", "rediss"):
+    if urlparse(url).scheme in redis_client.SCHEMES:
         from events.node.redis_broker import RedisBackend
 
         return RedisBackend(url)
@@ -138,16 +137,18 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             issuer=settings.jwt_issuer,
             max_lifetime=settings.jwt_max_lifetime,
         )
+        # One Redis client (one pool) for presence, slots and tick locks; the broker keeps its own.
+        redis = redis_client.for_settings(settings)
         runtime = Runtime(
             settings,
             db,
             hub,
             verifier,
-            presence=presence.for_settings(settings),
-            chat_presence=ChatPresence.for_settings(settings),
+            presence=presence.for_settings(settings, redis),
             chat_notices=ChatNotices(settings.chat_notification_window),
             metrics=app_metrics,
-            slots=socket_slots.for_settings(settings),
+            slots=socket_slots.for_settings(settings, redis),
+            redis=redis,
             sessions=session_cookies(settings, verifier),
             pending_per_address=guard.PendingPerAddress(settings.max_pending_per_ip),
         )
@@ -185,8 +186,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await runtime.chat_notices.close()
             await hub.stop()
             await runtime.presence.close()
-            await runtime.chat_presence.close()
             await runtime.slots.close()
+            if redis is not None:
+                await redis.close()
             await db.disconnect()
 
     sockets = socket_routes()

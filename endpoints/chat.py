@@ -32,18 +32,18 @@ class ChatEndpoint(BaseEndpoint):
         self.topics = [self.stream]
 
     async def opened(self) -> None:
-        await self.rt.chat_presence.enter(self, self.room_id)
-        await self.catch_up(self.since_param())
+        await self.rt.presence.rooms.enter(self, self.room_id)
+        await self.catch_up(self.since_param(), self.epoch_param())
 
     async def snapshot(self) -> int:
         last = await streams.last_seq(self.rt.db, self.stream)
         history, has_more = await messages.history(self.rt.db, self.room_id, last + 1, self.rt.settings.history_limit)
-        self.out.push(outbound.message_history(history, has_more, last))
+        self.out.push(outbound.message_history(history, has_more, last, await self.stream_epoch()))
         return last
 
     async def closing(self) -> None:
         await self._stop_typing()
-        await self.rt.chat_presence.leave(self)
+        await self.rt.presence.rooms.leave(self)
 
     # ---- frames ------------------------------------------------------------------
 
@@ -95,7 +95,7 @@ class ChatEndpoint(BaseEndpoint):
 
     async def handle_sync(self, frame: frames.Sync) -> None:
         await self._still_member()
-        await self.catch_up(frame.since)
+        await self.catch_up(frame.since, frame.epoch)
 
     async def _still_member(self) -> None:
         """Before a read of the room's past: a removal not yet heard of still counts."""

@@ -92,13 +92,13 @@ class ConsultationEndpoint(BaseEndpoint):
         if self.conn is None:
             return
         conn, self.conn = self.conn, None
-        if await self.rt.presence.leave(self.consultation_id, self.user_id, conn):
+        if await self.rt.presence.consultations.leave(self.consultation_id, self.user_id, conn):
             await announce_left(self.rt, self.consultation_id, self.user_id)
 
     async def _seen(self) -> None:
         assert self.conn is not None
         participant = {"id": self.user_id, "name": self.user["name"], "type": self.role, "joined_at": utc_now()}
-        if await self.rt.presence.seen(self.consultation_id, self.user_id, self.conn, participant):
+        if await self.rt.presence.consultations.seen(self.consultation_id, self.user_id, self.conn, participant):
             await self.publish(
                 topic(self.consultation_id),
                 "participant_joined",

@@ -28,31 +28,27 @@ class NotificationsEndpoint(BaseEndpoint):
         self.topics = [self.stream]
 
     async def opened(self) -> None:
-        await self.catch_up(self.since_param())
+        await self.catch_up(self.since_param(), self.epoch_param())
 
     async def snapshot(self) -> int:
         listed, unread, last = await notifications.snapshot(self.rt.db, self.user_id, self.rt.settings.history_limit)
-        self.out.push(frames.bulk_update(listed, unread, last))
+        self.out.push(frames.bulk_update(listed, unread, last, await self.stream_epoch()))
         return last
 
     # ---- frames ------------------------------------------------------------------
 
     async def handle_mark_read(self, frame: frames.MarkRead) -> None:
-        event = await notifications.mark_read(self.rt.db, self.user_id, frame.notification_id)
+        read = notifications.mark_read(self.rt.db, self.user_id, frame.notification_id)
         # Already read: nothing changed, nothing to tell (the client counts reads down).
-        if event is not None:
-            seq, text = event
-            await self.publish(self.stream, "notification_read", text, seq)
+        await self.rt.commit(self.stream, "notification_read", read)
 
     async def handle_mark_all_read(self, frame: frames.MarkAllRead) -> None:
-        event = await notifications.mark_all_read(self.rt.db, self.user_id, self.rt.settings.history_limit)
-        if event is not None:
-            seq, text = event
-            await self.publish(self.stream, "bulk_update", text, seq)
+        read = notifications.mark_all_read(self.rt.db, self.user_id, self.rt.settings.history_limit)
+        if await self.rt.commit(self.stream, "bulk_update", read) is not None:
             return
         # Nothing was unread: the other connections are current; answer this one.
         listed, unread, last = await notifications.snapshot(self.rt.db, self.user_id, self.rt.settings.history_limit)
-        self.out.push(frames.bulk_update(listed, unread, last))
+        self.out.push(frames.bulk_update(listed, unread, last, await self.stream_epoch()))
 
     async def handle_sync(self, frame: Sync) -> None:
-        await self.catch_up(frame.since)
+        await self.catch_up(frame.since, frame.epoch)

@@ -26,12 +26,12 @@ import secrets
 import time
 from collections.abc import Iterable
 from typing import Protocol
-from urllib.parse import urlparse
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.node.presence import namespace
+from events.node import redis_client
+from events.node.redis_client import RedisClients, namespace
 from settings import Settings
 from store import rooms
 from store.db import Db
@@ -54,10 +54,11 @@ Key = tuple[str, int]  # (room_id, user_id)
 
 
 class ChatPresence:
-    def __init__(self, redis_url: str | None = None, namespace: str = "") -> None:
+    def __init__(self, redis: str | Redis | None = None, namespace: str = "") -> None:
         self.redis: Redis | None = None
-        if redis_url is not None:
-            self.redis = Redis.from_url(redis_url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT)
+        self._owned = False
+        if redis is not None:
+            self.redis, self._owned = redis_client.adopt(redis)
         self.prefix = namespace + "chat:"
         self.node = secrets.token_hex(6)
         self.counts: dict[Key, int] = {}
@@ -71,11 +72,11 @@ class ChatPresence:
         self.away_cache: dict[str, tuple[int, list[int], list[int]]] = {}
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> ChatPresence:
-        if urlparse(settings.broker_url).scheme not in ("redis", "rediss"):
+    def for_settings(cls, settings: Settings, redis: RedisClients | None = None) -> ChatPresence:
+        if redis is None:
             return cls()
         # Processes that share a store share presence; other deployments on the same Redis do not.
-        return cls(settings.broker_url, namespace(settings))
+        return cls(redis.client(), namespace(settings))
 
     async def enter(self, socket: Member, room_id: str) -> None:
         if socket in self.entered:
@@ -152,7 +153,7 @@ class ChatPresence:
             # Without Redis, notify rather than stay silent: a duplicate beats a miss.
             log.warning("chat presence unreadable, counting only this process: %r", exc)
             return here
-        elsewhere = {int(member.split(b":", 1)[0]) for member in members}
+        elsewhere = {int(member.split(":", 1)[0]) for member in members}
         return here | (elsewhere & wanted)
 
     async def _sync(self, key: Key) -> None:
@@ -210,4 +211,5 @@ class ChatPresence:
         finally:
             self.counts.clear()
             self.entered.clear()
-            await self.redis.aclose()
+            if self._owned:
+                await self.redis.aclose()

@@ -14,7 +14,6 @@ from typing import Any
 
 from events.node import agora as rtc
 from events.node import topics
-from events.node.hub import Delivery
 from events.node.node import Runtime
 from events.protocol import consultation as frames
 from settings import Settings
@@ -78,7 +77,7 @@ def describe_agora(settings: Settings) -> None:
 
 
 async def publish(rt: Runtime, consultation_id: str, type_: str, frame: str, exclude: int = 0) -> None:
-    await rt.hub.publish(topic(consultation_id), Delivery(type_, 0, exclude, frame))
+    await rt.publish(topic(consultation_id), type_, frame, exclude=exclude)
 
 
 def remaining_seconds(c: Consultation) -> int:
@@ -93,7 +92,7 @@ async def status_frame(
     extension request; `look_up` False means the caller already knows there is none."""
     data: dict[str, Any] = {
         "status": c.status,
-        "participants": await rt.presence.participants(c.id),
+        "participants": await rt.presence.consultations.participants(c.id),
         "duration_minutes": c.duration_minutes,
     }
     for key in ("scheduled_start", "started_at", "ends_at", "ended_at"):

@@ -19,11 +19,11 @@ from typing import Any, Protocol
 from events.node import notify, topics
 from events.node.auth import Identity, TokenVerifier
 from events.node.chat_notices import ChatNotices
-from events.node.chat_presence import ChatPresence
 from events.node.hub import Delivery, Hub
 from events.node.limits import TokenBucket
 from events.node.metrics import Metrics
-from events.node.presence import MemoryPresence, Presence
+from events.node.presence import PresenceManager
+from events.node.redis_client import RedisClients
 from events.node.revocation import Revocations
 from events.node.session import SessionCookies
 from events.node.socket_slots import LocalSlots, SocketSlots
@@ -37,7 +37,7 @@ class Socket(Protocol):
     """What the Node needs of an open socket (endpoints/base.py is one); the Node imports no socket module."""
 
     user_id: int
-    access: str
+    access: str | None
 
     def close_for(self, code: int, reason: str) -> None: ...
 
@@ -55,7 +55,8 @@ class AddressLimit(Protocol):
 class NoAddressLimit:
     """For a Node built without the guard's counter (tests, embedding): no limit."""
 
-    counts: dict[str, int] = {}
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
 
     def take(self, host: str) -> bool:
         return True
@@ -75,13 +76,11 @@ class Node:
     user_buckets: dict[int, TokenBucket] = field(default_factory=dict)
     pending_auth: int = 0
     # Connections not yet accepted or authenticated, per client address
-    # (MAX_PENDING_PER_IP): the connection guard and the endpoints share it.
-    # The app factory passes the guard's counter (MAX_PENDING_PER_IP).
+    # (MAX_PENDING_PER_IP): the connection guard and the endpoints share it;
+    # the app factory passes the guard's counter.
     pending_per_address: AddressLimit = field(default_factory=NoAddressLimit)
-    # Consultation presence; the lifespan passes the one the broker calls for.
-    presence: Presence = field(default_factory=MemoryPresence)
-    # Who has a chat socket open on which room (chat notifications); the lifespan passes it.
-    chat_presence: ChatPresence = field(default_factory=ChatPresence)
+    # The one presence manager (consultations and chat rooms); the lifespan passes the one the broker calls for.
+    presence: PresenceManager = field(default_factory=PresenceManager)
     # Chat notifications gathered per room and window; the lifespan passes the configured window.
     chat_notices: ChatNotices = field(default_factory=ChatNotices)
     # This app's Prometheus metrics (`GET /metrics`); create_app passes its own registry.
@@ -92,6 +91,8 @@ class Node:
     revocations: Revocations = field(default_factory=Revocations)
     # The WebSocket session cookie; None where it is off (see events/node/session.py).
     sessions: SessionCookies | None = None
+    # The one Redis client factory of this process (presence, slots, tick locks); None with memory://.
+    redis: RedisClients | None = None
     # Set by the shutdown drain (endpoints/drain.py): new sockets are refused, new frames answered `unavailable`.
     draining: bool = False
     # Frames whose handler is running (a store write and its echo in flight).

@@ -12,8 +12,8 @@ from typing import Any, Protocol
 
 from events.node import topics
 from events.node.chat_notices import ChatNotices, Window
-from events.node.chat_presence import ChatPresence
 from events.node.hub import Delivery, Hub
+from events.node.presence import PresenceManager
 from store import notifications
 from store.db import Db
 from store.notifications import Created, Kind
@@ -24,7 +24,7 @@ class Runtime(Protocol):
 
     db: Db
     hub: Hub
-    chat_presence: ChatPresence
+    presence: PresenceManager
     chat_notices: ChatNotices
 
 
@@ -91,14 +91,14 @@ def chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> Non
     (`ChatNotices`): away members get one notification per room, updated in
     place while unread, written at most once per window."""
     sender_id = message["sender"]["id"]
-    if runtime.chat_presence.away_now(room_id, sender_id) == []:
+    if runtime.presence.rooms.away_now(room_id, sender_id) == []:
         return
     runtime.chat_notices.add(room_id, message, lambda window: _chat_window(runtime, room_id, window))
 
 
 async def _chat_window(runtime: Runtime, room_id: str, window: Window) -> int:
     """Who is away is worked out now, at the flush, for the whole window; returns how many were told."""
-    away = await runtime.chat_presence.away(runtime.db, room_id, 0)
+    away = await runtime.presence.rooms.away(runtime.db, room_id, 0)
     texts: dict[int, tuple[str, str]] = {}  # per latest message: a window has at most two
     told = 0
     # In writes of a few hundred users each: other writes (a message in another

@@ -23,12 +23,12 @@ import contextlib
 import logging
 import secrets
 from typing import Protocol
-from urllib.parse import urlparse
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.node.presence import namespace
+from events.node import redis_client
+from events.node.redis_client import RedisClients, namespace
 from settings import Settings
 
 log = logging.getLogger("realtime.socket_slots")
@@ -81,8 +81,8 @@ class LocalSlots:
 
 
 class RedisSlots:
-    def __init__(self, url: str, prefix: str, lease: float) -> None:
-        self.redis = Redis.from_url(url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT)
+    def __init__(self, redis: str | Redis, prefix: str, lease: float) -> None:
+        self.redis, self._owned = redis_client.adopt(redis)
         self.prefix = prefix + "sockets:"
         self.node = secrets.token_hex(6)
         self.lease_ms = int(lease * 1000)
@@ -158,10 +158,11 @@ class RedisSlots:
             log.warning("socket slot cleanup failed: %r", exc)
         finally:
             self.held.clear()
-            await self.redis.aclose()
+            if self._owned:
+                await self.redis.aclose()
 
 
-def for_settings(settings: Settings) -> SocketSlots:
-    if urlparse(settings.broker_url).scheme not in ("redis", "rediss"):
+def for_settings(settings: Settings, redis: RedisClients | None = None) -> SocketSlots:
+    if redis is None:
         return LocalSlots()
-    return RedisSlots(settings.broker_url, namespace(settings), settings.socket_lease)
+    return RedisSlots(redis.client(), namespace(settings), settings.socket_lease)

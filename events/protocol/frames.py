@@ -23,6 +23,7 @@ from events.protocol import errors
 MAX_BATCH = 50
 
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
+Epoch = Annotated[str, Meta(min_length=1, max_length=64)]
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 Seq = Annotated[int, Meta(ge=0, le=2**53)]
 
@@ -41,6 +42,8 @@ class Auth(Frame):
 
 class Sync(Frame):
     since: Seq
+    # The epoch `since` belongs to (from the snapshot); another epoch than the stream's is a resync.
+    epoch: Epoch | None = None
 
 
 COMMON: dict[str, type[Frame]] = {"ping": Ping, "auth": Auth}
