@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import api, asyncapi, consultation_api, dev, files, guard, notifications_api
+from endpoints import api, asyncapi, consultation_api, dev, files, guard, metrics_api, notifications_api
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
 from endpoints.consultation import ConsultationEndpoint
@@ -200,7 +200,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         *files.routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        *metrics.routes,
+        *metrics_api.routes,
         *asyncapi.routes(SOCKETS),
     ]
     if settings.dev_mode:

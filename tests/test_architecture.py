@@ -26,6 +26,7 @@ HTTP_ROUTES = {
     "endpoints.consultation_api",
     "endpoints.dev",
     "endpoints.files",
+    "endpoints.metrics_api",
     "endpoints.notifications_api",
 }
 

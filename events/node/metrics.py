@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app, and `GET /metrics` in the text exposition format.
+"""Prometheus metrics of one app (served by endpoints/metrics_api.py as `GET /metrics`).
 
 Each app has its own `CollectorRegistry` (several apps in one process, as in
 the tests, never mix their numbers). The core calls one method here per event
@@ -16,11 +16,7 @@ from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from events.node import topics
 from events.node.hub import Delivery, Hub
@@ -215,14 +211,3 @@ class _RuntimeCollector(Collector):
             "Persisted events not yet confirmed as published to the broker (outbox rows, all processes).",
             value=rt.hub.backlog,
         )
-
-
-async def metrics(request: Request) -> Response:
-    # The text format 0.0.4 unless the scraper asks for OpenMetrics.
-    encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    # Counted here, not in the collector: collectors cannot await the store.
-    await request.app.state.runtime.hub.measure_backlog()
-    return Response(encode(request.app.state.runtime.metrics.registry), headers={"Content-Type": content_type})
-
-
-routes = [Route("/metrics", metrics)]
