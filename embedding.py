@@ -35,7 +35,6 @@ from events.protocol.chat import ChatMessage
 from events.protocol.notifications import safe_url
 from server import create_app
 from settings import Settings
-from store import rooms
 from store.errors import NotFound
 
 SYSTEM = {"id": 0, "name": "System"}
@@ -123,7 +122,7 @@ class Realtime:
         except msgspec.ValidationError as exc:
             raise ValueError(str(exc)) from None
         rt = self.runtime
-        if not await rooms.exists(rt.db, room_id):
+        if not await rt.room_exists(room_id):
             raise NotFound("no such room")
         author = dict(sender or SYSTEM)
         posted = await rt.post_message(

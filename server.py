@@ -120,7 +120,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         db = Db(settings.database_url, busy_timeout=settings.store_busy_timeout)
         await db.connect()
-        if urlparse(settings.broker_url).scheme == "memory" and not await db.claim_sole_process():
+        if not redis_client.uses_redis(settings) and not await db.claim_sole_process():
             await db.disconnect()
             raise SystemExit(
                 "realtime: another server process already uses this database with BROKER_URL=memory://; "

@@ -28,7 +28,7 @@ from events.node.revocation import Revocations
 from events.node.session import SessionCookies
 from events.node.socket_slots import LocalSlots, SocketSlots
 from settings import Settings
-from store import messages, users
+from store import messages, rooms, users
 from store.db import Db
 from store.notifications import Created, Kind
 
@@ -169,6 +169,9 @@ class Node:
         if posted.frame is not None:
             await self.publish(topics.chat(room_id), "chat_message", posted.frame, posted.seq)
             notify.chat_message(self, room_id, posted.message)
+
+    async def room_exists(self, room_id: str) -> bool:
+        return await rooms.exists(self.db, room_id)
 
     async def notify(
         self,
