@@ -160,3 +160,21 @@ def test_the_checks_see_a_broken_rule() -> None:
     edges = graph()
     assert "events.node.broker" in edges["events.node.redis_broker"]
     assert "endpoints.base" in edges["endpoints.chat"]
+
+
+def private_imports(path: Path) -> list[str]:
+    """Imports of a library's private module (`broadcaster._backends...`): its public API only."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+        if isinstance(node, ast.ImportFrom) and not node.level:
+            names = [node.module or ""]
+        found += [n for n in names if n != "__future__" and any(p.startswith("_") for p in n.split("."))]
+    return found
+
+
+def test_libraries_are_used_through_their_public_modules() -> None:
+    broken = {name: found for name, path in project_modules().items() if (found := private_imports(path))}
+    assert broken == {}
+    planted = ROOT / "tests" / "data" / "private_import_example.py"
+    assert private_imports(planted) == ["broadcaster._backends.base"]
