@@ -29,15 +29,12 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 
-from endpoints import notify as notifier
 from endpoints.notifications_api import NotificationBody
-from endpoints.runtime import Runtime
-from events.bus import Delivery
-from events.chat import ChatMessage
-from events.notifications import safe_url
+from events.node.node import Runtime
+from events.protocol.chat import ChatMessage
+from events.protocol.notifications import safe_url
 from server import create_app
 from settings import Settings
-from store import messages, rooms, streams
 from store.errors import NotFound
 
 SYSTEM = {"id": 0, "name": "System"}
@@ -93,9 +90,7 @@ class Realtime:
             raise ValueError("`title` must not be blank")
         if checked.action_url is not None and not safe_url(checked.action_url):
             raise ValueError("`action_url` must be an http(s) URL or a path on the site")
-        created = await notifier.notify(
-            self.runtime, users, checked.type, checked.title, checked.body, checked.action_url
-        )
+        created = await self.runtime.notify(users, checked.type, checked.title, checked.body, checked.action_url)
         return [{"user_id": c.user_id, "seq": c.seq, "notification": c.notification} for c in created]
 
     async def publish(
@@ -127,11 +122,10 @@ class Realtime:
         except msgspec.ValidationError as exc:
             raise ValueError(str(exc)) from None
         rt = self.runtime
-        if not await rooms.exists(rt.db, room_id):
+        if not await rt.room_exists(room_id):
             raise NotFound("no such room")
         author = dict(sender or SYSTEM)
-        posted = await messages.post(
-            rt.db,
+        posted = await rt.post_message(
             room_id,
             author,
             frame.content,
@@ -140,7 +134,4 @@ class Realtime:
             frame.file_name,
             frame.client_msg_id,
         )
-        if posted.frame is not None:
-            await rt.hub.publish(streams.chat_stream(room_id), Delivery("chat_message", posted.seq, 0, posted.frame))
-            notifier.chat_message(rt, room_id, posted.message)
         return posted.message

@@ -191,6 +191,12 @@ CREATE INDEX IF NOT EXISTS stream_events_created ON stream_events (created_at);
 -- A chat notification is coalesced per user and room while unread: `room_id`
 -- is its room (NULL for other notifications), `message_count` how many
 -- messages it stands for. At most one unread one per (user, room).
+-- A stream's epoch: a random id given when its row is created (or, for a row
+-- from before this column, when it is first read). A database reset or restore
+-- makes new rows with new epochs, so a client's `?since=` from before it is
+-- answered with `resync_required` instead of a silent replay of other events.
+ALTER TABLE streams ADD COLUMN IF NOT EXISTS epoch TEXT;
+
 ALTER TABLE notifications ADD COLUMN IF NOT EXISTS room_id TEXT;
 ALTER TABLE notifications ADD COLUMN IF NOT EXISTS message_count INTEGER;
 CREATE UNIQUE INDEX IF NOT EXISTS notifications_unread_chat

@@ -15,8 +15,6 @@ from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import urlparse
 
-from broadcaster._backends.base import BroadcastBackend
-from broadcaster._backends.memory import MemoryBackend
 from prometheus_client import CollectorRegistry
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -25,31 +23,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 import logconfig
-from endpoints import (
-    api,
-    asyncapi,
-    consultation_api,
-    control,
-    dev,
-    files,
-    metrics,
-    notifications_api,
-    socket_slots,
-)
-from endpoints.auth import TokenVerifier
+from endpoints import api, asyncapi, consultation_api, dev, files, metrics_api, notifications_api
 from endpoints.base import BaseEndpoint
 from endpoints.chat import ChatEndpoint
-from endpoints.chat_notices import ChatNotices
-from endpoints.chat_presence import ChatPresence
-from endpoints.consultation import ConsultationEndpoint, describe_agora
+from endpoints.consultation import ConsultationEndpoint
 from endpoints.notifications import NotificationsEndpoint
 from endpoints.reservation import ReservationEndpoint
-from endpoints.retention import Pruner
-from endpoints.runtime import Runtime
-from endpoints.scheduler import Scheduler
-from endpoints.session import for_settings as session_cookies
-from events import presence
-from events.bus import Hub
+from events.node import control, metrics, presence, redis_client, socket_slots
+from events.node.auth import TokenVerifier
+from events.node.broker import Broker, MemoryBroker
+from events.node.chat_notices import ChatNotices
+from events.node.consultation_rules import describe_agora
+from events.node.hub import Hub
+from events.node.node import Runtime
+from events.node.retention import Pruner
+from events.node.scheduler import Scheduler
+from events.node.session import for_settings as session_cookies
 from settings import Settings, SettingsError, from_env
 from store.db import Db
 from store.errors import StoreUnavailable
@@ -72,12 +61,12 @@ SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
 ]
 
 
-def broker(url: str) -> BroadcastBackend:
-    if urlparse(url).scheme in ("redis", "rediss"):
-        from events.redis_backend import RedisBackend
+def broker(url: str) -> Broker:
+    if urlparse(url).scheme in redis_client.SCHEMES:
+        from events.node.redis_broker import RedisBackend
 
         return RedisBackend(url)
-    return MemoryBackend(url)
+    return MemoryBroker()
 
 
 def socket_routes() -> list[BaseRoute]:
@@ -143,7 +132,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         db = Db(settings.database_url, busy_timeout=settings.store_busy_timeout)
         await db.connect()
-        if urlparse(settings.broker_url).scheme == "memory" and not await db.claim_sole_process():
+        if not redis_client.uses_redis(settings) and not await db.claim_sole_process():
             await db.disconnect()
             raise SystemExit(
                 "realtime: another server process already uses this database with BROKER_URL=memory://; "
@@ -160,17 +149,20 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             issuer=settings.jwt_issuer,
             max_lifetime=settings.jwt_max_lifetime,
         )
+        # One Redis client (one pool) for presence, slots and tick locks; the broker keeps its own.
+        redis = redis_client.for_settings(settings)
         runtime = Runtime(
             settings,
             db,
             hub,
             verifier,
-            presence=presence.for_settings(settings),
-            chat_presence=ChatPresence.for_settings(settings),
+            presence=presence.for_settings(settings, redis),
             chat_notices=ChatNotices(settings.chat_notification_window),
             metrics=app_metrics,
-            slots=socket_slots.for_settings(settings),
+            slots=socket_slots.for_settings(settings, redis),
+            redis=redis,
             sessions=session_cookies(settings, verifier),
+            pending_per_address=guard.PendingPerAddress(settings.max_pending_per_ip),
         )
         if runtime.sessions is None:
             log.warning(
@@ -207,8 +199,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await runtime.chat_notices.close()
             await hub.stop()
             await runtime.presence.close()
-            await runtime.chat_presence.close()
             await runtime.slots.close()
+            if redis is not None:
+                await redis.close()
             await db.disconnect()
 
     sockets = socket_routes()
@@ -220,7 +213,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         *files.routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),
-        *metrics.routes,
+        *metrics_api.routes,
         *asyncapi.routes(SOCKETS),
     ]
     if settings.dev_mode:

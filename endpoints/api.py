@@ -17,10 +17,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from endpoints import control
-from endpoints.chat import ID, access
-from endpoints.runtime import Runtime
-from events.frames import has_nul
+from events.node import control, topics
+from events.node.node import Runtime
+from events.protocol.frames import has_nul
 from store import revocations, rooms, users
 from store.db import new_id
 from store.errors import StoreError, StoreUnavailable
@@ -118,7 +117,7 @@ def path_user(request: Request) -> int:
 
 def path_room(request: Request) -> str:
     room_id = request.path_params["room_id"]
-    if not ID.fullmatch(room_id):
+    if not topics.ID.fullmatch(room_id):
         raise ApiError(404, "not_found", "no such room")
     return room_id
 
@@ -153,7 +152,7 @@ async def delete_member(request: Request, rt: Runtime) -> Response:
     room_id, user_id = path_room(request), path_user(request)
     await rooms.remove_member(rt.db, room_id, user_id)
     # Committed first: a frame of theirs that gets past this is refused by the store.
-    await control.end_access(rt, user_id, access(room_id))
+    await control.end_access(rt, user_id, topics.chat_access(room_id))
     return Response(status_code=204)
 
 

@@ -3,7 +3,7 @@
 
 Channels are the socket routes (`server.SOCKETS`); what a client may send on
 each is its endpoint's `kinds` (the structs the decoder validates with); what
-the server sends is `events.schema.SENDS`. msgspec turns both into JSON Schemas.
+the server sends is `events.protocol.schema.SENDS`. msgspec turns both into JSON Schemas.
 Operations are from the server's side: it `receive`s client frames and `send`s
 its own. `docs/generate.py` renders the same document as `docs/asyncapi.md`.
 """
@@ -12,23 +12,30 @@ from __future__ import annotations
 
 import inspect
 import re
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 import msgspec
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from endpoints.base import BaseEndpoint
-from events import schema
-from events.frames import MAX_BATCH, Frame
+from events.protocol import schema
+from events.protocol.frames import MAX_BATCH, Frame
 
 VERSION = "3.0.0"
 REF = "#/components/schemas/{name}"
 PARAMETER = re.compile(r"\{(\w+)\}")
 
-Sockets = Sequence[tuple[str, type[BaseEndpoint]]]
+
+class SocketClass(Protocol):
+    """What the document reads off a socket channel's class (server.SOCKETS passes them in)."""
+
+    channel: str
+    kinds: Mapping[str, type[msgspec.Struct]]
+
+
+Sockets = Sequence[tuple[str, type[SocketClass]]]
 
 
 def _own_doc(obj: Any) -> str | None:
@@ -164,7 +171,7 @@ def _message(type_: str, struct: type[msgspec.Struct], ref: str, side: str, abou
     return message
 
 
-def _query(endpoint: type[BaseEndpoint]) -> dict[str, Any]:
+def _query(endpoint: type[SocketClass]) -> dict[str, Any]:
     token = {
         "type": "string",
         "description": "the JWT; or an `Authorization: Bearer` header, an `access_token` cookie, a first `auth` frame",

@@ -17,12 +17,12 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
-from endpoints.limits import CHEAP, AbuseMeter, TokenBucket
-from endpoints.runtime import Runtime
-from events import errors, outbound
-from events.bus import Delivery
-from events.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
+from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
+from events.node.hub import Delivery
+from events.node.limits import CHEAP, AbuseMeter, TokenBucket
+from events.node.node import Runtime
+from events.protocol import errors, outbound
+from events.protocol.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
 from store import streams
 from store.errors import AccessEnded, StoreError, StoreUnavailable
 from transport import RAW_SEND, Outbound, attach
@@ -66,6 +66,7 @@ class BaseEndpoint(WebSocketEndpoint):
     identity: Identity
     stream: str | None = None  # the one seq-carrying stream this socket follows, if any
     last_seq: int = 0
+    epoch: str | None = None  # the stream's, once read (`stream_epoch`)
     buffer: list[Delivery] | None = None
     # The channel this socket's access is to (`control.end_access` closes it), set by `authorize`.
     access: str | None = None
@@ -403,8 +404,17 @@ class BaseEndpoint(WebSocketEndpoint):
             # No snapshot to fill the gap: the client reconnects with `?since=` once the store is back.
             self._close(TRY_AGAIN, "store unavailable; reconnect to resume")
 
-    async def catch_up(self, since: int | None) -> None:
-        """Replay the stream after `since` (or send a snapshot), holding live events back meanwhile."""
+    async def stream_epoch(self) -> str:
+        """The stream's epoch (store/streams.py); it never changes while the stream's row lives."""
+        assert self.stream is not None
+        if self.epoch is None:
+            self.epoch = await streams.epoch(self.rt.db, self.stream)
+        return self.epoch
+
+    async def catch_up(self, since: int | None, epoch: str | None = None) -> None:
+        """Replay the stream after `since` (or send a snapshot), holding live events back meanwhile.
+        A `since` from another epoch than the stream's (a database reset or restore) is a resync;
+        a client that sends no epoch is taken at its word, as before epochs."""
         assert self.stream is not None
         db, limit = self.rt.db, self.rt.settings.replay_limit
         if self.buffer is None:
@@ -412,18 +422,28 @@ class BaseEndpoint(WebSocketEndpoint):
         try:
             if since is not None:
                 last = await streams.last_seq(db, self.stream)
-                events = await streams.since(db, self.stream, since, limit, last) if since <= last else None
+                stale = epoch is not None and epoch != await self.stream_epoch()
+                events = None if stale or since > last else await streams.since(db, self.stream, since, limit, last)
                 if events is not None:
                     for _seq, frame in events:
                         self.out.push(frame)
                     self.last_seq = max(self.last_seq, since, events[-1][0] if events else 0)
                     return
-                self.out.push(outbound.resync_required(last))
+                self.out.push(outbound.resync_required(last, await self.stream_epoch()))
             self.last_seq = max(self.last_seq, await self.snapshot())
         finally:
             held, self.buffer = self.buffer, None
             for delivery in held:
                 self.deliver(delivery)
+
+    def epoch_param(self) -> str | None:
+        """`?epoch=`: the epoch of the client's `since`; absent or blank, none (as before epochs)."""
+        raw = self.scope.get("query_string", b"").decode("latin-1")
+        for part in raw.split("&"):
+            key, _, value = part.partition("=")
+            if key == "epoch" and value:
+                return value[:64]
+        return None
 
     def since_param(self) -> int | None:
         raw = self.scope.get("query_string", b"").decode("latin-1")
@@ -437,7 +457,7 @@ class BaseEndpoint(WebSocketEndpoint):
         return None
 
     async def publish(self, topic: str, type_: str, frame: str, seq: int = 0, exclude: int = 0) -> None:
-        await self.rt.hub.publish(topic, Delivery(type_, seq, exclude, frame))
+        await self.rt.publish(topic, type_, frame, seq, exclude)
 
     def reply_error(self, code: str, message: str, request_type: str | None = None, client_msg_id: Any = None) -> None:
         self.rt.metrics.error(code)

@@ -3,22 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
-from typing import Any
 
-from endpoints import notify
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events import chat as frames
-from events import outbound
+from events.node import topics
+from events.protocol import chat as frames
+from events.protocol import outbound
 from store import messages, rooms, streams
 from store.errors import AccessEnded
-
-ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def access(room_id: str) -> str:
-    """What a chat socket's access is to (`control.end_access`)."""
-    return f"chat:{room_id}"
 
 
 class ChatEndpoint(BaseEndpoint):
@@ -31,38 +22,38 @@ class ChatEndpoint(BaseEndpoint):
     async def authorize(self) -> None:
         room_id = self.scope["path_params"]["room_id"]
         # Set before the membership is read: a removal from now on reaches this socket.
-        self.access = access(room_id)
-        if not ID.fullmatch(room_id) or not await rooms.exists(self.rt.db, room_id):
+        self.access = topics.chat_access(room_id)
+        if not topics.ID.fullmatch(room_id) or not await rooms.exists(self.rt.db, room_id):
             raise Refused(NOT_FOUND, "no such room")
         if not await rooms.is_member(self.rt.db, room_id, self.user_id):
             raise Refused(FORBIDDEN, "not a member of this room")
         self.room_id = room_id
-        self.stream = streams.chat_stream(room_id)
+        self.stream = topics.chat(room_id)
         self.topics = [self.stream]
 
     async def still_allowed(self) -> bool:
         return await rooms.is_member(self.rt.db, self.room_id, self.user_id)
 
     async def opened(self) -> None:
-        await self.rt.chat_presence.enter(self, self.room_id)
-        await self.catch_up(self.since_param())
+        await self.rt.presence.rooms.enter(self, self.room_id)
+        await self.catch_up(self.since_param(), self.epoch_param())
 
     async def snapshot(self) -> int:
         last = await streams.last_seq(self.rt.db, self.stream)
         history, has_more = await messages.history(self.rt.db, self.room_id, last + 1, self.rt.settings.history_limit)
-        self.out.push(outbound.message_history(history, has_more, last))
+        self.out.push(outbound.message_history(history, has_more, last, await self.stream_epoch()))
         return last
 
     async def closing(self) -> None:
         await self._stop_typing()
-        await self.rt.chat_presence.leave(self)
+        await self.rt.presence.rooms.leave(self)
 
     # ---- frames ------------------------------------------------------------------
 
     async def handle_chat_message(self, frame: frames.ChatMessage) -> None:
         await self._stop_typing()
-        posted = await messages.post(
-            self.rt.db,
+        before = self.last_seq
+        posted = await self.rt.post_message(
             self.room_id,
             self.user,
             frame.content,
@@ -72,25 +63,10 @@ class ChatEndpoint(BaseEndpoint):
             frame.client_msg_id,
             from_member=True,
         )
-        if posted.frame is None:
-            await self._retried(posted.message, posted.seq)
-            return
-        await self.publish(self.stream, "chat_message", posted.frame, posted.seq)
-        # Members away from the room get a notification, off the hot path and
-        # not tied to this socket (a sender may close right after sending).
-        notify.chat_message(self.rt, self.room_id, posted.message)
-
-    async def _retried(self, message: dict[str, Any], seq: int) -> None:
-        """A retry of a message already stored. Its first publish may never have
-        happened (the commit's answer was lost, so the sender was told
-        `unavailable`): the stored event is published again, and every socket
-        drops a seq it already has. The sender gets its echo either way."""
-        before = self.last_seq
-        stored = await streams.between(self.rt.db, self.stream, seq - 1, seq)
-        if stored:
-            await self.publish(self.stream, "chat_message", stored[0][1], seq)
-        if not before < seq <= self.last_seq:  # not just delivered here by that publish
-            self.out.push(outbound.chat_message(message))
+        if posted.frame is None and not before < posted.seq <= self.last_seq:
+            # A retry of something already stored: the sender gets its echo,
+            # unless publishing it again has just delivered it to this socket.
+            self.out.push(outbound.chat_message(posted.message))
 
     async def handle_typing_start(self, frame: frames.TypingStart) -> None:
         loop = asyncio.get_running_loop()
@@ -110,14 +86,12 @@ class ChatEndpoint(BaseEndpoint):
         await self._stop_typing()
 
     async def handle_mark_read(self, frame: frames.MarkRead) -> None:
-        event = await messages.mark_read(self.rt.db, self.room_id, frame.message_id, self.user_id)
-        if event is not None:
-            seq, text = event
-            await self.publish(self.stream, "message_read", text, seq)
+        read = messages.mark_read(self.rt.db, self.room_id, frame.message_id, self.user_id)
+        await self.rt.commit(self.stream, "message_read", read)
 
     async def handle_delete_message(self, frame: frames.DeleteMessage) -> None:
-        seq, text = await messages.delete(self.rt.db, self.room_id, frame.message_id, self.user_id)
-        await self.publish(self.stream, "message_deleted", text, seq)
+        deleted = messages.delete(self.rt.db, self.room_id, frame.message_id, self.user_id)
+        await self.rt.commit(self.stream, "message_deleted", deleted)
 
     async def handle_fetch_history(self, frame: frames.FetchHistory) -> None:
         await self._still_member()
@@ -126,7 +100,7 @@ class ChatEndpoint(BaseEndpoint):
 
     async def handle_sync(self, frame: frames.Sync) -> None:
         await self._still_member()
-        await self.catch_up(frame.since)
+        await self.catch_up(frame.since, frame.epoch)
 
     async def _still_member(self) -> None:
         """Before a read of the room's past: a removal not yet heard of still counts."""

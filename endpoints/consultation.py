@@ -12,147 +12,35 @@ frames are dropped when they would repeat what this socket already shows.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from hashlib import sha256
-from typing import Any
 
 import msgspec
 
-from endpoints import agora as rtc
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from endpoints.chat import ID
-from endpoints.runtime import Runtime
-from events import consultation as frames
-from events.bus import Delivery
-from events.frames import Ping
-from events.outbound import encode
-from settings import Settings
+from events.node import topics
+from events.node.consultation_rules import (
+    OVER,
+    agora,
+    announce_cancelled,
+    announce_ended,
+    announce_left,
+    announce_started,
+    publish,
+    status_frame,
+    topic,
+)
+from events.node.hub import Delivery
+from events.protocol import consultation as frames
+from events.protocol.frames import Ping
+from events.protocol.outbound import encode
 from store import consultations
-from store.consultations import Consultation
 from store.db import new_id, utc_now
 
 log = logging.getLogger("realtime.consultation")
 
-# A token stays valid this long after the planned end, so a call that runs a
-# little over (or an extension being answered) is not cut off by Agora.
-TOKEN_MARGIN = 600
-AGORA_CHANNEL_MAX = 64
 PERSONAL = frozenset({"consultation_status", "consultation_started", "participant_joined", "participant_left"})
 # After these nobody belongs on the channel any more: the socket gets the frame, then closes with 4003.
 FINAL = frozenset({"consultation_ended", "consultation_cancelled"})
-OVER = (consultations.COMPLETED, consultations.CANCELLED)
 _decode = msgspec.json.Decoder().decode
-
-
-def topic(consultation_id: str) -> str:
-    return f"consultation:{consultation_id}"
-
-
-# ---- Agora -----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Agora:
-    app_id: str
-    certificate: str
-
-    @staticmethod
-    def channel(consultation_id: str) -> str:
-        name = f"consultation-{consultation_id}"
-        if len(name) <= AGORA_CHANNEL_MAX:
-            return name
-        # Agora channel names are at most 64 bytes; `~` never occurs in an id.
-        return "consultation~" + sha256(consultation_id.encode()).hexdigest()[:40]
-
-    def token(self, channel: str, uid: int, ends_at: str) -> str | None:
-        """A publisher token for `uid`, valid until `ends_at` plus the margin."""
-        left = (consultations.parse(ends_at) - datetime.now(UTC)).total_seconds()
-        expire = max(int(left) + TOKEN_MARGIN, TOKEN_MARGIN)
-        try:
-            return rtc.build_rtc_token(self.app_id, self.certificate, channel, uid, rtc.ROLE_PUBLISHER, expire, expire)
-        except ValueError as exc:
-            # An id that is not an Agora uid (over 32 bits): no call, the rest works.
-            log.warning("no Agora token for user %s: %s", uid, exc)
-            return None
-
-
-def agora(settings: Settings) -> Agora | None:
-    if settings.agora_app_id and settings.agora_app_certificate:
-        return Agora(settings.agora_app_id, settings.agora_app_certificate)
-    return None
-
-
-def describe_agora(settings: Settings) -> None:
-    if agora(settings) is None:
-        log.info("AGORA_APP_ID and AGORA_APP_CERTIFICATE are not set: consultations carry no Agora token or channel")
-    else:
-        log.info("Agora tokens on: each consultation participant gets its own publisher token")
-
-
-# ---- what every process publishes --------------------------------------------------
-
-
-async def publish(rt: Runtime, consultation_id: str, type_: str, frame: str, exclude: int = 0) -> None:
-    await rt.hub.publish(topic(consultation_id), Delivery(type_, 0, exclude, frame))
-
-
-def remaining_seconds(c: Consultation) -> int:
-    assert c.ends_at is not None
-    return max(0, math.ceil((consultations.parse(c.ends_at) - datetime.now(UTC)).total_seconds()))
-
-
-async def status_frame(
-    rt: Runtime, c: Consultation, pending: consultations.Extension | None = None, *, look_up: bool = True
-) -> str:
-    """`consultation_status` without the recipient's token. `pending` is the open
-    extension request; `look_up` False means the caller already knows there is none."""
-    data: dict[str, Any] = {
-        "status": c.status,
-        "participants": await rt.presence.participants(c.id),
-        "duration_minutes": c.duration_minutes,
-    }
-    for key in ("scheduled_start", "started_at", "ends_at", "ended_at"):
-        value = getattr(c, key)
-        if value is not None:
-            data[key] = value
-    if c.status == consultations.IN_PROGRESS:
-        data["remaining_seconds"] = remaining_seconds(c)
-        if agora(rt.settings) is not None:
-            data["agora_channel"] = Agora.channel(c.id)
-        if pending is None and look_up:
-            pending = await consultations.open_extension(rt.db, c.id)
-        if pending is not None:
-            # A participant who reconnects still sees the request waiting for an answer.
-            data["pending_extension"] = {
-                "request_id": pending.id,
-                "requested_by": pending.requested_by,
-                "duration_minutes": pending.duration_minutes,
-            }
-    elif c.end_reason is not None:
-        data["reason"] = c.end_reason
-    return frames.consultation_status(data)
-
-
-async def announce_started(rt: Runtime, c: Consultation) -> None:
-    assert c.started_at is not None and c.ends_at is not None
-    channel = Agora.channel(c.id) if agora(rt.settings) is not None else None
-    await publish(rt, c.id, "consultation_started", frames.consultation_started(c.started_at, c.ends_at, channel))
-
-
-async def announce_ended(rt: Runtime, c: Consultation) -> None:
-    assert c.ended_at is not None
-    await publish(rt, c.id, "consultation_ended", frames.consultation_ended(c.ended_at, c.end_reason or "ended"))
-
-
-async def announce_cancelled(rt: Runtime, c: Consultation) -> None:
-    await publish(rt, c.id, "consultation_cancelled", frames.consultation_cancelled(c.end_reason))
-
-
-async def announce_left(rt: Runtime, consultation_id: str, user_id: int) -> None:
-    # The user's own sockets keep showing it: they are the ones it is about.
-    await publish(rt, consultation_id, "participant_left", frames.participant_left(user_id), exclude=user_id)
 
 
 # ---- the socket ----------------------------------------------------------------
@@ -168,7 +56,7 @@ class ConsultationEndpoint(BaseEndpoint):
 
     async def authorize(self) -> None:
         consultation_id = self.scope["path_params"]["consultation_id"]
-        c = await consultations.get(self.rt.db, consultation_id) if ID.fullmatch(consultation_id) else None
+        c = await consultations.get(self.rt.db, consultation_id) if topics.ID.fullmatch(consultation_id) else None
         if c is None:
             raise Refused(NOT_FOUND, "no such consultation")
         role = c.role_of(self.user_id)
@@ -208,13 +96,13 @@ class ConsultationEndpoint(BaseEndpoint):
         if self.conn is None:
             return
         conn, self.conn = self.conn, None
-        if await self.rt.presence.leave(self.consultation_id, self.user_id, conn):
+        if await self.rt.presence.consultations.leave(self.consultation_id, self.user_id, conn):
             await announce_left(self.rt, self.consultation_id, self.user_id)
 
     async def _seen(self) -> None:
         assert self.conn is not None
         participant = {"id": self.user_id, "name": self.user["name"], "type": self.role, "joined_at": utc_now()}
-        if await self.rt.presence.seen(self.consultation_id, self.user_id, self.conn, participant):
+        if await self.rt.presence.consultations.seen(self.consultation_id, self.user_id, self.conn, participant):
             await self.publish(
                 topic(self.consultation_id),
                 "participant_joined",

@@ -12,11 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from endpoints import consultation
 from endpoints.api import ApiError, RoomId, UserId, body, service
-from endpoints.chat import ID
-from endpoints.runtime import Runtime
-from events.consultation import MAX_REASON
+from events.node import consultation_rules, topics
+from events.node.node import Runtime
+from events.protocol.consultation import MAX_REASON
 from store import consultations
 from store.db import new_id
 
@@ -37,7 +36,7 @@ class ReasonBody(Struct):
 
 def path_consultation(request: Request) -> str:
     consultation_id = request.path_params["consultation_id"]
-    if not ID.fullmatch(consultation_id):
+    if not topics.ID.fullmatch(consultation_id):
         raise ApiError(404, "not_found", "no such consultation")
     return consultation_id
 
@@ -80,7 +79,7 @@ async def get_consultation(request: Request, rt: Runtime) -> Response:
 @service
 async def start(request: Request, rt: Runtime) -> Response:
     c = await consultations.start(rt.db, path_consultation(request), None)
-    await consultation.announce_started(rt, c)
+    await consultation_rules.announce_started(rt, c)
     return answer(c)
 
 
@@ -88,7 +87,7 @@ async def start(request: Request, rt: Runtime) -> Response:
 async def end(request: Request, rt: Runtime) -> Response:
     consultation_id = path_consultation(request)
     c = await consultations.end(rt.db, consultation_id, None, await reason(request) or "ended_by_platform")
-    await consultation.announce_ended(rt, c)
+    await consultation_rules.announce_ended(rt, c)
     return answer(c)
 
 
@@ -96,7 +95,7 @@ async def end(request: Request, rt: Runtime) -> Response:
 async def cancel(request: Request, rt: Runtime) -> Response:
     consultation_id = path_consultation(request)
     c = await consultations.cancel(rt.db, consultation_id, None, await reason(request))
-    await consultation.announce_cancelled(rt, c)
+    await consultation_rules.announce_cancelled(rt, c)
     return answer(c)
 
 

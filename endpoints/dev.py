@@ -15,7 +15,7 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from endpoints.runtime import Runtime
+from events.node.node import Runtime
 from store import consultations, rooms, users
 from store.consultations import Consultation
 from store.errors import Conflict

@@ -19,12 +19,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
-from endpoints import notify
-from endpoints.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
-from endpoints.chat import ID
-from endpoints.runtime import Runtime
-from events.bus import Delivery
-from store import messages, rooms, streams
+from events.node import topics
+from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
+from events.node.node import Runtime
+from store import rooms
 from store.db import new_id
 from store.errors import AccessEnded
 
@@ -108,7 +106,7 @@ async def upload(request: Request) -> Response:
             room_id, content, file = form.get("room_id"), form.get("content") or "", form.get("file")
             if not isinstance(room_id, str) or not isinstance(file, UploadFile) or not isinstance(content, str):
                 return error(400, "invalid_payload", "multipart fields `file` and `room_id` are required")
-            if not ID.fullmatch(room_id) or not await rooms.exists(rt.db, room_id):
+            if not topics.ID.fullmatch(room_id) or not await rooms.exists(rt.db, room_id):
                 return error(404, "not_found", "no such room")
             if not await rooms.is_member(rt.db, room_id, identity.user_id):
                 return error(403, "forbidden", "not a member of this room")
@@ -146,8 +144,7 @@ async def store_file(
         final = folder / name
         os.replace(partial, final)
         try:
-            posted = await messages.post(
-                rt.db,
+            posted = await rt.store_message(
                 room_id,
                 sender,
                 content,
@@ -166,8 +163,7 @@ async def store_file(
     finally:
         partial.unlink(missing_ok=True)
     assert posted.frame is not None
-    await rt.hub.publish(streams.chat_stream(room_id), Delivery("chat_message", posted.seq, 0, posted.frame))
-    notify.chat_message(rt, room_id, posted.message)
+    await rt.announce_message(room_id, posted)
     return JSONResponse({"message": posted.message}, status_code=201)
 
 

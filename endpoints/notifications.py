@@ -10,9 +10,10 @@ somebody else's notifications, never a missing resource).
 from __future__ import annotations
 
 from endpoints.base import FORBIDDEN, BaseEndpoint, Refused
-from events import notifications as frames
-from events.frames import Sync
-from store import notifications, streams
+from events.node import topics
+from events.protocol import notifications as frames
+from events.protocol.frames import Sync
+from store import notifications
 
 
 class NotificationsEndpoint(BaseEndpoint):
@@ -23,35 +24,31 @@ class NotificationsEndpoint(BaseEndpoint):
         path_user = self.scope["path_params"].get("user_id")
         if path_user is not None and path_user != str(self.user_id):
             raise Refused(FORBIDDEN, "these are not your notifications")
-        self.stream = streams.user_stream(self.user_id)
+        self.stream = topics.user(self.user_id)
         self.topics = [self.stream]
 
     async def opened(self) -> None:
-        await self.catch_up(self.since_param())
+        await self.catch_up(self.since_param(), self.epoch_param())
 
     async def snapshot(self) -> int:
         listed, unread, last = await notifications.snapshot(self.rt.db, self.user_id, self.rt.settings.history_limit)
-        self.out.push(frames.bulk_update(listed, unread, last))
+        self.out.push(frames.bulk_update(listed, unread, last, await self.stream_epoch()))
         return last
 
     # ---- frames ------------------------------------------------------------------
 
     async def handle_mark_read(self, frame: frames.MarkRead) -> None:
-        event = await notifications.mark_read(self.rt.db, self.user_id, frame.notification_id)
+        read = notifications.mark_read(self.rt.db, self.user_id, frame.notification_id)
         # Already read: nothing changed, nothing to tell (the client counts reads down).
-        if event is not None:
-            seq, text = event
-            await self.publish(self.stream, "notification_read", text, seq)
+        await self.rt.commit(self.stream, "notification_read", read)
 
     async def handle_mark_all_read(self, frame: frames.MarkAllRead) -> None:
-        event = await notifications.mark_all_read(self.rt.db, self.user_id, self.rt.settings.history_limit)
-        if event is not None:
-            seq, text = event
-            await self.publish(self.stream, "bulk_update", text, seq)
+        read = notifications.mark_all_read(self.rt.db, self.user_id, self.rt.settings.history_limit)
+        if await self.rt.commit(self.stream, "bulk_update", read) is not None:
             return
         # Nothing was unread: the other connections are current; answer this one.
         listed, unread, last = await notifications.snapshot(self.rt.db, self.user_id, self.rt.settings.history_limit)
-        self.out.push(frames.bulk_update(listed, unread, last))
+        self.out.push(frames.bulk_update(listed, unread, last, await self.stream_epoch()))
 
     async def handle_sync(self, frame: Sync) -> None:
-        await self.catch_up(frame.since)
+        await self.catch_up(frame.since, frame.epoch)

@@ -14,9 +14,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from endpoints.api import ApiError, UserId, body, service
-from endpoints.notify import notify
-from endpoints.runtime import Runtime
-from events.notifications import safe_url
+from events.node.node import Runtime
+from events.protocol.notifications import safe_url
 
 MAX_RECIPIENTS = 10_000
 
@@ -40,7 +39,7 @@ async def post_notification(request: Request, rt: Runtime) -> Response:
     if data.action_url is not None and not safe_url(data.action_url):
         raise ApiError(400, "invalid_payload", "`action_url` must be an http(s) URL or a path on the site")
     recipients = [data.user_id] if data.user_id is not None else data.user_ids or []
-    created = await notify(rt, recipients, data.type, data.title, data.body, data.action_url)
+    created = await rt.notify(recipients, data.type, data.title, data.body, data.action_url)
     listed = [{"user_id": c.user_id, "id": c.notification["id"], "seq": c.seq} for c in created]
     return JSONResponse({"count": len(listed), "notifications": listed}, status_code=201)
 

@@ -12,19 +12,14 @@ reservation channel (4004).
 
 from __future__ import annotations
 
-from endpoints import notify
 from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events import reservation as frames
+from events.node import notify, topics
+from events.protocol import reservation as frames
 from store import reservations, users
 from store.errors import Forbidden
 
-
-def expert_topic(expert_id: int) -> str:
-    return f"rsv:{expert_id}:expert"
-
-
-def pair_topic(expert_id: int, client_id: int) -> str:
-    return f"rsv:{expert_id}:{client_id}"
+expert_topic = topics.reservation_expert
+pair_topic = topics.reservation_pair
 
 
 class ReservationEndpoint(BaseEndpoint):

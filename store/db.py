@@ -10,6 +10,12 @@ and its SQLite pool opens a connection and a thread per acquire, so this module
 keeps long-lived connections instead: one writer everywhere, one reader on
 SQLite, and the pool for reads on PostgreSQL.
 
+What `databases` is used for, then: opening and closing the driver connections
+from DATABASE_URL (the asyncpg pool, the aiosqlite connection), and nothing
+else; only its public API (`Database`, `Database.connection()`,
+`Connection.raw_connection`), no private attribute, and no warning of it or of
+SQLAlchemy is filtered (none is raised on this path).
+
 SQL is written once, with `?` placeholders; for asyncpg they become `$n`.
 
 Faults: a driver error that means the store is away or busy (`is_transient`)

@@ -8,6 +8,7 @@ refill its sockets from here.
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 import msgspec
@@ -19,6 +20,14 @@ _encode = msgspec.json.Encoder().encode
 # Streams read back per statement (well under every driver's parameter limit).
 READ_CHUNK = 500
 # Every writer of stream_events uses this, so each event has its time (retention prunes by it).
+
+
+# The row that holds the streams table's own epoch (no topic is named ""): a new
+# stream's row takes it, so a client that saw a stream before its first event
+# resumes it without a resync. A fresh database, or a streams table emptied,
+# gets a new one; so does a restore once that row is deleted (docs/PROTOCOL.md).
+EPOCH_ROW = ""
+TABLE_EPOCH = "(SELECT epoch FROM streams WHERE stream = '')"
 
 
 def chat_stream(room_id: str) -> str:
@@ -36,7 +45,8 @@ async def next_seq(tx: Runner, stream: str) -> int:
     )
     if row is None:
         await tx.execute(
-            "INSERT INTO streams (stream, last_seq) VALUES (?, 0) ON CONFLICT (stream) DO NOTHING",
+            f"INSERT INTO streams (stream, last_seq, epoch) VALUES (?, 0, {TABLE_EPOCH}) "
+            "ON CONFLICT (stream) DO NOTHING",
             (stream,),
         )
         row = await tx.fetch_one(
@@ -56,7 +66,7 @@ async def advance(tx: Runner, counts: dict[str, int]) -> dict[str, int]:
     """
     names = sorted(counts)
     await tx.executemany(
-        "INSERT INTO streams (stream, last_seq) VALUES (?, ?) "
+        f"INSERT INTO streams (stream, last_seq, epoch) VALUES (?, ?, {TABLE_EPOCH}) "
         "ON CONFLICT (stream) DO UPDATE SET last_seq = streams.last_seq + excluded.last_seq",
         [(name, counts[name]) for name in names],
     )
@@ -81,6 +91,31 @@ async def append(tx: Runner, stream: str, type_: str, body: dict[str, Any], seq:
     text = frame(type_, seq, body)
     await outbox.record(tx, [(stream, seq, text, utc_now())])
     return seq, text
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(8)
+
+
+async def epoch(db: Db, stream: str) -> str:
+    """The stream's epoch: the one its row was given, else (a stream with no
+    event yet, or a row from before epochs) the streams table's own. Creating
+    the table's own is the one write on this read path, once per database."""
+    row = await db.fetch_one(f"SELECT COALESCE((SELECT epoch FROM streams WHERE stream = ?), {TABLE_EPOCH})", (stream,))
+    if row is not None and row[0]:
+        return str(row[0])
+    fresh = new_epoch()
+
+    async def job(tx: Runner) -> str:
+        await tx.execute(
+            "INSERT INTO streams (stream, last_seq, epoch) VALUES (?, 0, ?) ON CONFLICT (stream) DO NOTHING",
+            (EPOCH_ROW, fresh),
+        )
+        found = await tx.fetch_one(f"SELECT {TABLE_EPOCH}", ())
+        assert found is not None
+        return str(found[0])
+
+    return await db.write(job)
 
 
 async def last_seq(db: Db, stream: str) -> int:

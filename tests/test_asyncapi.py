@@ -23,9 +23,10 @@ from jsonschema import Draft7Validator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from endpoints import base, control
+from endpoints import base
 from endpoints.asyncapi import document
-from events import errors, schema
+from events.node import control
+from events.protocol import errors, schema
 from server import SOCKETS
 from tests.conftest import Client, Server, token
 from tests.test_agora import APP_CERT, APP_ID

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from endpoints.chat_notices import ChatNotices, Window
+from events.node.chat_notices import ChatNotices, Window
 from store.errors import StoreUnavailable
 from tests.conftest import Server, base_settings, chat, running, token, ws
 from tests.store_checks import store_is_whole

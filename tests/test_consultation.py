@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from endpoints.agora import PRIVILEGE_JOIN_CHANNEL, PRIVILEGE_PUBLISH_AUDIO_STREAM, parse_token
+from events.node.agora import PRIVILEGE_JOIN_CHANNEL, PRIVILEGE_PUBLISH_AUDIO_STREAM, parse_token
 from store import consultations
 from tests.conftest import SERVICE_KEY, Client, Server, base_settings, next_of, running, token, ws
 

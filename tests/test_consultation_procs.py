@@ -16,7 +16,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from events.presence import MemoryPresence, Presence, RedisPresence, namespace
+from events.node.presence import MemoryPresence, Presence, RedisPresence, namespace
 from settings import Settings
 from store.consultations import iso
 from tests.conftest import Client, next_of, token, ws

@@ -20,7 +20,7 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from endpoints.runtime import Runtime
+from events.node.node import Runtime
 from tests.conftest import Client, base_settings, token, ws
 from tests.procs import Proc, ready, start
 from transport.drain import Drain

@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 import pytest
-from broadcaster import Event
-from broadcaster._backends.base import BroadcastBackend
 from prometheus_client.parser import text_string_to_metric_families
 
-from events.bus import GAP, Delivery, Hub, pack, unpack
+from events.node.broker import Broker, Event
+from events.node.hub import GAP, Delivery, Hub, pack, unpack
 from store import streams
 from store.db import Db, Runner
 from store.outbox import Outbox
@@ -326,7 +325,7 @@ async def test_a_published_event_leaves_no_outbox_row(tmp_path: Path) -> None:
 # ---- the hub's order with local delivery ------------------------------------------------
 
 
-class FakeBroker(BroadcastBackend):
+class FakeBroker(Broker):
     """A broker that never fails and is not the in-process one (the hub delivers
     locally and publishes); the test plays the other processes by queueing."""
 

@@ -1,4 +1,4 @@
-"""Tests for events.redis_backend against a real Redis at 127.0.0.1:6379.
+"""Tests for events.node.redis_broker against a real Redis at 127.0.0.1:6379.
 
 Skipped when Redis is unreachable, except with CI=true where that is a
 failure.  Every test uses its own uuid channel names and its own client name,
@@ -19,10 +19,10 @@ import warnings
 from collections.abc import AsyncIterator
 
 import pytest
-from broadcaster import Event
 from redis.asyncio import Redis
 
-from events.redis_backend import GAP, BrokerUnavailable, RedisBackend
+from events.node.broker import Event
+from events.node.redis_broker import GAP, BrokerUnavailable, RedisBackend
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379

@@ -12,8 +12,8 @@ import jwt
 import pytest
 from websockets.asyncio.client import connect
 
-from endpoints.auth import Identity, cookie_value
-from endpoints.session import COOKIE, TOKEN_TYPE, SessionCookies, session_key
+from events.node.auth import Identity, cookie_value
+from events.node.session import COOKIE, TOKEN_TYPE, SessionCookies, session_key
 from settings import Settings, SettingsError, from_env
 from tests.conftest import SECRET, Client, Server, base_settings, running, token
 

@@ -1,4 +1,9 @@
-"""Who is in a consultation right now, shared by every server process.
+"""The one presence manager (`PresenceManager`, Phoenix's Presence beside its
+PubSub): who is in a consultation (this module) and who has a chat room open
+(events/node/chat_presence.py), both from one factory, over one Redis client
+and one key namespace, closed together.
+
+Who is in a consultation right now, shared by every server process.
 
 A participant is a user, not a socket: a user with two tabs joins once (on
 the first live connection) and leaves once (when the last one closes or every
@@ -17,13 +22,16 @@ nothing outlives the processes that wrote it for long.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlparse
 
+from redis.asyncio import Redis
+
+from events.node import redis_client
+from events.node.chat_presence import ChatPresence
+from events.node.redis_client import RedisClients, namespace
 from settings import Settings
 
 Participant = dict[str, Any]  # {id, name, type, joined_at}
@@ -46,14 +54,9 @@ class Presence(Protocol):
     async def close(self) -> None: ...
 
 
-def namespace(settings: Settings) -> str:
-    """A key prefix per deployment: the processes that share a store share presence."""
-    return "rt:" + hashlib.sha256(settings.database_url.encode()).hexdigest()[:12] + ":"
-
-
-def for_settings(settings: Settings) -> Presence:
-    if urlparse(settings.broker_url).scheme in ("redis", "rediss"):
-        return RedisPresence(settings.broker_url, settings.presence_timeout, namespace(settings))
+def consultations_for_settings(settings: Settings, redis: RedisClients | None = None) -> Presence:
+    if redis is not None:
+        return RedisPresence(redis.client(), settings.presence_timeout, namespace(settings))
     return MemoryPresence(settings.presence_timeout)
 
 
@@ -182,17 +185,13 @@ return left
 class RedisPresence:
     io_timeout = 2.0
 
-    def __init__(self, url: str, timeout: float, prefix: str) -> None:
-        from redis.asyncio import Redis
-
+    def __init__(self, redis: str | Redis, timeout: float, prefix: str) -> None:
         self.timeout = timeout
         self.prefix = prefix
         self.index = f"{prefix}presence"
         # Keys outlive a silent connection long enough for a sweep to see it.
         self.ttl_ms = int(max(timeout * 4, 60.0) * 1000)
-        self.redis = Redis.from_url(
-            url, decode_responses=True, socket_connect_timeout=self.io_timeout, socket_timeout=self.io_timeout
-        )
+        self.redis, self._owned = redis_client.adopt(redis)
         self._seen = self.redis.register_script(_SEEN)
         self._leave = self.redis.register_script(_LEAVE)
         self._sweep = self.redis.register_script(_SWEEP)
@@ -229,4 +228,23 @@ class RedisPresence:
         return left
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._owned:
+            await self.redis.aclose()
+
+
+@dataclass
+class PresenceManager:
+    """Both presences of the Node: `consultations` (participants, announced once
+    per user) and `rooms` (who has a chat socket open where: chat notifications)."""
+
+    consultations: Presence = field(default_factory=lambda: MemoryPresence())
+    rooms: ChatPresence = field(default_factory=ChatPresence)
+
+    async def close(self) -> None:
+        await self.consultations.close()
+        await self.rooms.close()
+
+
+def for_settings(settings: Settings, redis: RedisClients | None = None) -> PresenceManager:
+    """In this process with memory://; with Redis, on the Node's shared client (`redis`)."""
+    return PresenceManager(consultations_for_settings(settings, redis), ChatPresence.for_settings(settings, redis))

@@ -24,7 +24,7 @@ from typing import Any
 import jwt
 from starlette.requests import HTTPConnection
 
-from endpoints.auth import (
+from events.node.auth import (
     AuthError,
     Identity,
     TokenVerifier,

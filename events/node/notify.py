@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Protocol
 
-from endpoints.chat_notices import Window
-from endpoints.runtime import Runtime
-from events.bus import Delivery
-from store import notifications, streams
+from events.node import topics
+from events.node.chat_notices import ChatNotices, Window
+from events.node.hub import Delivery, Hub
+from events.node.presence import PresenceManager
+from store import notifications
+from store.db import Db
 from store.notifications import Created, Kind
+
+
+class Runtime(Protocol):
+    """The Node's parts a notification uses (events/node/node.py; named here so the two do not import each other)."""
+
+    db: Db
+    hub: Hub
+    presence: PresenceManager
+    chat_notices: ChatNotices
+
 
 # Publishes in flight at once: a batch to 10,000 users must not open 10,000 broker requests.
 PUBLISH_CONCURRENCY = 64
@@ -45,7 +57,7 @@ async def publish(runtime: Runtime, created: list[Created]) -> None:
     for start in range(0, len(created), PUBLISH_CONCURRENCY):
         await asyncio.gather(
             *(
-                hub.publish(streams.user_stream(c.user_id), Delivery(c.event, c.seq, 0, c.frame))
+                hub.publish(topics.user(c.user_id), Delivery(c.event, c.seq, 0, c.frame))
                 for c in created[start : start + PUBLISH_CONCURRENCY]
             )
         )
@@ -79,14 +91,14 @@ def chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> Non
     (`ChatNotices`): away members get one notification per room, updated in
     place while unread, written at most once per window."""
     sender_id = message["sender"]["id"]
-    if runtime.chat_presence.away_now(room_id, sender_id) == []:
+    if runtime.presence.rooms.away_now(room_id, sender_id) == []:
         return
     runtime.chat_notices.add(room_id, message, lambda window: _chat_window(runtime, room_id, window))
 
 
 async def _chat_window(runtime: Runtime, room_id: str, window: Window) -> int:
     """Who is away is worked out now, at the flush, for the whole window; returns how many were told."""
-    away = await runtime.chat_presence.away(runtime.db, room_id, 0)
+    away = await runtime.presence.rooms.away(runtime.db, room_id, 0)
     texts: dict[int, tuple[str, str]] = {}  # per latest message: a window has at most two
     told = 0
     # In writes of a few hundred users each: other writes (a message in another

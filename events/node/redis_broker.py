@@ -13,11 +13,9 @@ import asyncio
 import logging
 import random
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from broadcaster import Event
-from broadcaster._backends.base import BroadcastBackend
 from redis.asyncio import ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
@@ -27,11 +25,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # The event put into the stream after a reconnect: messages published while
 # the link was down were not received. The hub defines it.
-from events.bus import GAP
+from events.node.broker import GAP, Event
 
 __all__ = ["GAP", "BrokerUnavailable", "RedisBackend"]
 
-logger = logging.getLogger(__name__)
+# The name it had before the move: log configurations and filters name it.
+logger = logging.getLogger("events.redis_backend")
 
 
 # Errors that mean "the link to Redis is unusable", as opposed to bugs.
@@ -74,12 +73,14 @@ def _settle(batch: list[Outgoing], error: BaseException | None) -> None:
             done.set_exception(error)
 
 
-class RedisBackend(BroadcastBackend):
-    """``BroadcastBackend`` over Redis pub/sub that survives connection loss.
+class RedisBackend:
+    """A broker (events/node/broker.py) over Redis pub/sub that survives connection loss.
 
     The hub drives it with ``connect()``, ``subscribe()``, ``unsubscribe()``,
     ``publish()``, a single ``next_published()`` loop and ``disconnect()``.
     """
+
+    inline: ClassVar[bool] = False  # other processes hear it: the hub delivers locally itself
 
     # Socket connect/read timeout for every command, so nothing waits on a
     # dead peer for long (applied to the sockets at construction).

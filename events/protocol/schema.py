@@ -1,6 +1,6 @@
 """The shapes of the frames the server sends, as msgspec structs.
 
-The builders (`events.outbound`, `store.streams`, the channel modules) write
+The builders (`events.protocol.outbound`, `store.streams`, the channel modules) write
 frames as plain dicts, serialized once for any number of sockets; these structs
 describe what they write, so that the AsyncAPI document (`endpoints.asyncapi`)
 can give each frame a JSON Schema beside the client frames' own structs. The
@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from events import errors
+from events.protocol import errors
 
 Timestamp = Annotated[
     str,
@@ -29,6 +29,9 @@ Timestamp = Annotated[
 ]
 UserId = Annotated[int, Meta(ge=1)]
 Seq = Annotated[int, Meta(ge=1, description="the event's place in its stream (room or user)")]
+Epoch = Annotated[
+    str, Meta(description="the stream's epoch: a `since` from another epoch is answered with `resync_required`")
+]
 LastSeq = Annotated[int, Meta(ge=0, description="the stream's last seq this covers; resume with `?since=` it")]
 ServerId = Annotated[str, Meta(min_length=1)]
 ErrorCode = Annotated[str, Meta(extra_json_schema={"enum": list(errors.CODES)})]
@@ -185,9 +188,10 @@ class TokenExpiring(ServerFrame, tag="token_expiring"):
 
 
 class ResyncRequired(ServerFrame, tag="resync_required"):
-    """Too much was missed to replay: a fresh snapshot follows."""
+    """Too much was missed to replay, or `since` belongs to another epoch: a fresh snapshot follows."""
 
     last_seq: LastSeq
+    epoch: Epoch
 
 
 # ---- chat ----------------------------------------------------------------------------
@@ -199,6 +203,7 @@ class MessageHistory(ServerFrame, tag="message_history"):
     messages: list[ChatMessageRecord]
     has_more: bool
     last_seq: LastSeq
+    epoch: Epoch
 
 
 class HistoryPage(ServerFrame, tag="history_page"):
@@ -382,6 +387,7 @@ class BulkUpdate(ServerFrame, tag="bulk_update"):
     unread_count: Annotated[int, Meta(ge=0)]
     seq: Seq | UnsetType = UNSET
     last_seq: LastSeq | UnsetType = UNSET
+    epoch: Epoch | UnsetType = UNSET  # with `last_seq`
 
 
 class NewNotification(ServerFrame, tag="new_notification"):

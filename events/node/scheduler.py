@@ -20,11 +20,12 @@ import os
 import socket
 import time
 from typing import Protocol
-from urllib.parse import urlparse
 
-from endpoints import consultation
-from endpoints.runtime import Runtime
-from events.presence import namespace
+from redis.asyncio import Redis
+
+from events.node import consultation_rules, redis_client
+from events.node.node import Runtime
+from events.node.redis_client import namespace
 from store import consultations
 
 log = logging.getLogger("realtime.scheduler")
@@ -46,10 +47,8 @@ class LocalTicks:
 
 
 class RedisTicks:
-    def __init__(self, url: str, prefix: str, interval: float) -> None:
-        from redis.asyncio import Redis
-
-        self.redis = Redis.from_url(url, decode_responses=True, socket_connect_timeout=2.0, socket_timeout=2.0)
+    def __init__(self, redis: str | Redis, prefix: str, interval: float) -> None:
+        self.redis, self._owned = redis_client.adopt(redis)
         self.prefix = f"{prefix}tick:"
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
         # Kept well past its tick, so a process whose clock lags cannot take it again.
@@ -59,17 +58,17 @@ class RedisTicks:
         return bool(await self.redis.set(f"{self.prefix}{tick}", self.owner, nx=True, px=self.ttl_ms))
 
     async def close(self) -> None:
-        await self.redis.aclose()
+        if self._owned:
+            await self.redis.aclose()
 
 
 class Scheduler:
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.interval = rt.settings.status_interval
-        url = rt.settings.broker_url
         self.lock: TickLock = (
-            RedisTicks(url, namespace(rt.settings), self.interval)
-            if urlparse(url).scheme in ("redis", "rediss")
+            RedisTicks(rt.redis.client(), namespace(rt.settings), self.interval)
+            if rt.redis is not None
             else LocalTicks()
         )
         self.task: asyncio.Task[None] | None = None
@@ -101,10 +100,10 @@ class Scheduler:
         self.ticks += 1
         rt = self.rt
         for ended in await consultations.end_due(rt.db):
-            await consultation.announce_ended(rt, ended)
-        for consultation_id, user_id in await rt.presence.sweep():
-            await consultation.announce_left(rt, consultation_id, user_id)
+            await consultation_rules.announce_ended(rt, ended)
+        for consultation_id, user_id in await rt.presence.consultations.sweep():
+            await consultation_rules.announce_left(rt, consultation_id, user_id)
         pending = await consultations.open_extensions(rt.db)
         for c in await consultations.in_progress(rt.db):
-            frame = await consultation.status_frame(rt, c, pending.get(c.id), look_up=False)
-            await consultation.publish(rt, c.id, "consultation_status", frame)
+            frame = await consultation_rules.status_frame(rt, c, pending.get(c.id), look_up=False)
+            await consultation_rules.publish(rt, c.id, "consultation_status", frame)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of one app, and `GET /metrics` in the text exposition format.
+"""Prometheus metrics of one app (served by endpoints/metrics_api.py as `GET /metrics`).
 
 Each app has its own `CollectorRegistry` (several apps in one process, as in
 the tests, never mix their numbers). The core calls one method here per event
@@ -12,29 +12,33 @@ failures) is read at scrape time by a collector and costs nothing in between.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
-from events.bus import Delivery
-from events.frames import BadFrame, Decoded
+from events.node import topics
+from events.node.hub import Delivery, Hub
+from events.protocol.frames import BadFrame, Decoded
+from store.db import Db
 from transport import socket_counter
 
-if TYPE_CHECKING:
-    from endpoints.runtime import Runtime
+
+class Watched(Protocol):
+    """What the collector reads of the Node (events/node/node.py), named here so the two do not import each other."""
+
+    sockets: dict[int, set[Any]]
+    pending_auth: int
+    hub: Hub
+    db: Db
+
 
 # Close codes get their own label value; any other (a client picks its own) is
 # `other`, so a client cannot create series at will.
 CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 1013, 4001, 4003, 4004})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-CONTROL_TOPIC = "ctl"  # server commands: their subscriber is the process, not a socket
 _TYPE_PREFIX = '{"type":"'
 
 
@@ -101,7 +105,7 @@ class Metrics:
         self._errors: dict[str, Any] = {}
         self._closes: dict[str, Any] = {}
 
-    def watch(self, runtime: Runtime, channels: Iterable[str]) -> None:
+    def watch(self, runtime: Watched, channels: Iterable[str]) -> None:
         """Hook into a started runtime: the hub's fan-out, the store's writer,
         and a collector reading what the runtime already counts."""
         runtime.hub.on_fan_out = self.fan_out
@@ -124,7 +128,8 @@ class Metrics:
         self._count_out(frame_type(text), 1)
 
     def fan_out(self, topic: str, delivery: Delivery, recipients: int) -> None:
-        if recipients and topic != CONTROL_TOPIC:
+        # Server commands are not counted: their subscriber is the process, not a socket.
+        if recipients and topic != topics.CONTROL_TOPIC:
             # Events refilled from the store carry no type: read it from the frame.
             self._count_out(delivery.type or frame_type(delivery.frame), recipients)
 
@@ -161,7 +166,7 @@ class Metrics:
 class _RuntimeCollector(Collector):
     """Numbers the runtime keeps anyway, read when Prometheus scrapes."""
 
-    def __init__(self, runtime: Runtime, channels: list[str]) -> None:
+    def __init__(self, runtime: Watched, channels: list[str]) -> None:
         self.runtime = runtime
         self.channels = channels
 
@@ -209,14 +214,3 @@ class _RuntimeCollector(Collector):
             "Persisted events not yet confirmed as published to the broker (outbox rows, all processes).",
             value=rt.hub.backlog,
         )
-
-
-async def metrics(request: Request) -> Response:
-    # The text format 0.0.4 unless the scraper asks for OpenMetrics.
-    encode, content_type = choose_encoder(request.headers.get("accept", ""))
-    # Counted here, not in the collector: collectors cannot await the store.
-    await request.app.state.runtime.hub.measure_backlog()
-    return Response(encode(request.app.state.runtime.metrics.registry), headers={"Content-Type": content_type})
-
-
-routes = [Route("/metrics", metrics)]

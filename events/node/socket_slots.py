@@ -24,14 +24,12 @@ import logging
 import secrets
 import time
 from typing import Protocol
-from urllib.parse import urlparse
 
 from redis.asyncio import Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from events.presence import namespace
+from events.node import redis_client
+from events.node.redis_client import RedisClients, namespace
 from settings import Settings
 
 log = logging.getLogger("realtime.socket_slots")
@@ -87,12 +85,8 @@ class LocalSlots:
 
 
 class RedisSlots:
-    def __init__(self, url: str, prefix: str, lease: float) -> None:
-        # One immediate retry (a pooled connection gone stale), not redis-py's
-        # default of three with exponential backoff, which holds a handshake for seconds.
-        self.redis = Redis.from_url(
-            url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT, retry=Retry(NoBackoff(), 1)
-        )
+    def __init__(self, redis: str | Redis, prefix: str, lease: float) -> None:
+        self.redis, self._owned = redis_client.adopt(redis)
         self._away_until = 0.0
         self.prefix = prefix + "sockets:"
         self.node = secrets.token_hex(6)
@@ -182,10 +176,11 @@ class RedisSlots:
             log.warning("socket slot cleanup failed: %r", exc)
         finally:
             self.held.clear()
-            await self.redis.aclose()
+            if self._owned:
+                await self.redis.aclose()
 
 
-def for_settings(settings: Settings) -> SocketSlots:
-    if urlparse(settings.broker_url).scheme not in ("redis", "rediss"):
+def for_settings(settings: Settings, redis: RedisClients | None = None) -> SocketSlots:
+    if redis is None:
         return LocalSlots()
-    return RedisSlots(settings.broker_url, namespace(settings), settings.socket_lease)
+    return RedisSlots(redis.client(), namespace(settings), settings.socket_lease)

@@ -1,6 +1,6 @@
 """Client frames: the base struct, the frames every endpoint takes, and the decoder.
 
-Each channel names its own frames (`events/chat.py`, ...), one typed struct per
+Each channel names its own frames (`events/protocol/chat.py`, ...), one typed struct per
 `type`; this decoder validates all of them in one place.
 
 `decode` turns a text frame into typed frames or `BadFrame`s carrying the
@@ -18,11 +18,12 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from events import errors
+from events.protocol import errors
 
 MAX_BATCH = 50
 
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
+Epoch = Annotated[str, Meta(min_length=1, max_length=64)]
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 Seq = Annotated[int, Meta(ge=0, le=2**53)]
 
@@ -41,6 +42,8 @@ class Auth(Frame):
 
 class Sync(Frame):
     since: Seq
+    # The epoch `since` belongs to (from the snapshot); another epoch than the stream's is a resync.
+    epoch: Epoch | None = None
 
 
 COMMON: dict[str, type[Frame]] = {"ping": Ping, "auth": Auth}

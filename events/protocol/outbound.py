@@ -39,16 +39,18 @@ def token_expiring(expires_at: int, grace_seconds: float) -> str:
     return encode({"type": "token_expiring", "expires_at": expires_at, "grace_seconds": grace_seconds})
 
 
-def message_history(messages: list[dict[str, Any]], has_more: bool, last_seq: int) -> str:
-    return encode({"type": "message_history", "messages": messages, "has_more": has_more, "last_seq": last_seq})
+def message_history(messages: list[dict[str, Any]], has_more: bool, last_seq: int, epoch: str) -> str:
+    return encode(
+        {"type": "message_history", "messages": messages, "has_more": has_more, "last_seq": last_seq, "epoch": epoch}
+    )
 
 
 def history_page(messages: list[dict[str, Any]], has_more: bool) -> str:
     return encode({"type": "history_page", "messages": messages, "has_more": has_more})
 
 
-def resync_required(last_seq: int) -> str:
-    return encode({"type": "resync_required", "last_seq": last_seq})
+def resync_required(last_seq: int, epoch: str) -> str:
+    return encode({"type": "resync_required", "last_seq": last_seq, "epoch": epoch})
 
 
 def chat_message(message: dict[str, Any]) -> str:

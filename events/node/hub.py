@@ -18,9 +18,8 @@ store's outbox (store/outbox.py) and the relay of any live process publishes
 it after `RELAY_GRACE`, so a committed event reaches every process even if the
 one that committed it dies.
 
-broadcaster's `Broadcast` is not used for the fan-out: it loses a subscription
-when two sockets join a new channel at once and gives every subscriber an
-unbounded queue. The hub drives a `BroadcastBackend` directly instead.
+The hub drives a broker (events/node/broker.py: the in-process one or
+events/node/redis_broker.py) directly; the broker's gaps reach `on_gap`.
 """
 
 from __future__ import annotations
@@ -32,14 +31,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from broadcaster._backends.base import BroadcastBackend
-from broadcaster._backends.memory import MemoryBackend
+from events.node import topics
+from events.node.broker import GAP, Broker, is_gap
 
 log = logging.getLogger("realtime.bus")
 
-# A pseudo-channel a broker backend emits after a reconnect: events may be
-# missing. The NUL keeps it apart from every topic name.
-GAP = "\x00gap"
+__all__ = ["GAP", "Delivery", "Hub"]
 # An outbox row this old is published by whichever relay claims it: the
 # committing process confirms its own publishes well within it.
 RELAY_GRACE = 3.0
@@ -111,8 +108,7 @@ class OutboxStore(Protocol):
         ...
 
 
-def is_stream(topic: str) -> bool:
-    return topic.startswith(("room:", "user:"))
+is_stream = topics.carries_seq
 
 
 class Topic:
@@ -136,7 +132,7 @@ class Topic:
 
 class Hub:
     def __init__(
-        self, backend: BroadcastBackend, source: StreamSource, prefix: str = "", outbox: OutboxStore | None = None
+        self, backend: Broker, source: StreamSource, prefix: str = "", outbox: OutboxStore | None = None
     ) -> None:
         self.backend = backend
         self.source = source
@@ -147,7 +143,7 @@ class Hub:
         # With the in-process broker, publishing is delivering: an event is fanned
         # out in the publisher's stack, unless events are still queued before it
         # or it is ahead of one not yet published (then the listener orders them).
-        self._inline = isinstance(backend, MemoryBackend)
+        self._inline = backend.inline
         self._queued = 0
         self._listener: asyncio.Task[None] | None = None
         # Tags what this hub publishes, so its listener skips the copies
@@ -173,7 +169,7 @@ class Hub:
         self.on_fan_out: Callable[[str, Delivery, int], None] | None = None
         # Called after the broker came back (a GAP): what is not in the store, such as
         # `ctl` commands, may have been missed meanwhile.
-        self.on_gap: list[Callable[[], None]] = []
+        self.gap_listeners: list[Callable[[], None]] = []
 
     async def start(self) -> None:
         await self.backend.connect()
@@ -206,7 +202,7 @@ class Hub:
     @property
     def problem(self) -> str | None:
         """Why events may not reach other processes right now (readiness), or None."""
-        problem: str | None = getattr(self.backend, "problem", None)
+        problem = self.backend.problem
         if problem is not None:
             return problem
         if not self.listening:
@@ -461,10 +457,8 @@ class Hub:
         while True:
             event = await self.backend.next_published()
             try:
-                if event.channel == GAP:
-                    await self._refill_all()
-                    for callback in self.on_gap:
-                        callback()
+                if is_gap(event):
+                    await self.on_gap()
                     continue
                 if not event.channel.startswith(self.prefix):
                     continue
@@ -500,7 +494,8 @@ class Hub:
             topic.last_seq = seq
             self._fan_out(topic, Delivery("", seq, 0, frame))
 
-    async def _refill_all(self) -> None:
+    async def on_gap(self) -> None:
+        """The broker lost messages (a reconnect): refill every topic from the store."""
         if self._unsent and (self._resender is None or self._resender.done()):
             # Not awaited: the listener goes on with the refill meanwhile.
             self._resender = asyncio.create_task(self._publish_unsent(), name="hub-publish-unsent")
@@ -511,6 +506,8 @@ class Hub:
                     await self._refill(topic, upto=None)
         # What is left in the outbox too, as soon as its grace is over.
         self._relay_wake.set()
+        for listener in self.gap_listeners:
+            listener()
 
     def _fan_out(self, topic: Topic, d: Delivery) -> None:
         if not d.data:

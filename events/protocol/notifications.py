@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.frames import COMMON, Frame, Id, Sync
-from events.outbound import encode
+from events.protocol.frames import COMMON, Frame, Id, Sync
+from events.protocol.outbound import encode
 
 
 class MarkRead(Frame):
@@ -29,10 +29,16 @@ NOTIFICATIONS: dict[str, type[Frame]] = {
 }
 
 
-def bulk_update(notifications: list[dict[str, Any]], unread_count: int, last_seq: int) -> str:
-    """The snapshot: newest first, exact at `last_seq` (resume with `?since=` that)."""
+def bulk_update(notifications: list[dict[str, Any]], unread_count: int, last_seq: int, epoch: str) -> str:
+    """The snapshot: newest first, exact at `last_seq` (resume with `?since=` that and `?epoch=` this)."""
     return encode(
-        {"type": "bulk_update", "notifications": notifications, "unread_count": unread_count, "last_seq": last_seq}
+        {
+            "type": "bulk_update",
+            "notifications": notifications,
+            "unread_count": unread_count,
+            "last_seq": last_seq,
+            "epoch": epoch,
+        }
     )
 
 

@@ -25,19 +25,23 @@ import logging
 import secrets
 import time
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-from urllib.parse import urlparse
+from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.presence import namespace
+from events.node import redis_client
+from events.node.redis_client import RedisClients, namespace
 from settings import Settings
 from store import rooms
 from store.db import Db
 
-if TYPE_CHECKING:
-    from endpoints.base import BaseEndpoint
+
+class Member(Protocol):
+    """A chat socket as presence sees it (endpoints/chat.py's; no socket module is imported here)."""
+
+    user_id: int
+
 
 log = logging.getLogger("realtime.chat_presence")
 
@@ -50,14 +54,15 @@ Key = tuple[str, int]  # (room_id, user_id)
 
 
 class ChatPresence:
-    def __init__(self, redis_url: str | None = None, namespace: str = "") -> None:
+    def __init__(self, redis: str | Redis | None = None, namespace: str = "") -> None:
         self.redis: Redis | None = None
-        if redis_url is not None:
-            self.redis = Redis.from_url(redis_url, socket_timeout=IO_TIMEOUT, socket_connect_timeout=IO_TIMEOUT)
+        self._owned = False
+        if redis is not None:
+            self.redis, self._owned = redis_client.adopt(redis)
         self.prefix = namespace + "chat:"
         self.node = secrets.token_hex(6)
         self.counts: dict[Key, int] = {}
-        self.entered: dict[BaseEndpoint, Key] = {}
+        self.entered: dict[Member, Key] = {}
         self.lock = asyncio.Lock()
         self.heartbeat: asyncio.Task[None] | None = None
         self.members: dict[str, tuple[float, list[int]]] = {}
@@ -67,13 +72,13 @@ class ChatPresence:
         self.away_cache: dict[str, tuple[int, list[int], list[int]]] = {}
 
     @classmethod
-    def for_settings(cls, settings: Settings) -> ChatPresence:
-        if urlparse(settings.broker_url).scheme not in ("redis", "rediss"):
+    def for_settings(cls, settings: Settings, redis: RedisClients | None = None) -> ChatPresence:
+        if redis is None:
             return cls()
         # Processes that share a store share presence; other deployments on the same Redis do not.
-        return cls(settings.broker_url, namespace(settings))
+        return cls(redis.client(), namespace(settings))
 
-    async def enter(self, socket: BaseEndpoint, room_id: str) -> None:
+    async def enter(self, socket: Member, room_id: str) -> None:
         if socket in self.entered:
             return
         key = (room_id, socket.user_id)
@@ -88,7 +93,7 @@ class ChatPresence:
         if self.counts[key] == 1:
             await self._sync(key)
 
-    async def leave(self, socket: BaseEndpoint) -> None:
+    async def leave(self, socket: Member) -> None:
         key = self.entered.pop(socket, None)
         if key is None:
             return
@@ -148,7 +153,7 @@ class ChatPresence:
             # Without Redis, notify rather than stay silent: a duplicate beats a miss.
             log.warning("chat presence unreadable, counting only this process: %r", exc)
             return here
-        elsewhere = {int(member.split(b":", 1)[0]) for member in members}
+        elsewhere = {int(member.split(":", 1)[0]) for member in members}
         return here | (elsewhere & wanted)
 
     async def _sync(self, key: Key) -> None:
@@ -206,4 +211,5 @@ class ChatPresence:
         finally:
             self.counts.clear()
             self.entered.clear()
-            await self.redis.aclose()
+            if self._owned:
+                await self.redis.aclose()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from endpoints.auth import Identity
+from events.node.auth import Identity
 from store import revocations
 from store.db import Db
 

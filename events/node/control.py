@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import logging
 
-from endpoints.runtime import Runtime
-from events.bus import Delivery
+from events.node import topics
+from events.node.hub import Delivery
+from events.node.node import Runtime
 from store.errors import StoreError
 
 log = logging.getLogger("realtime.control")
 
-TOPIC = "ctl"
+TOPIC = topics.CONTROL_TOPIC
 REVOKED = 4001
 FORBIDDEN = 4003
 RETRY_AFTER = 1.0  # seconds before a revalidation the store could not answer runs again
@@ -79,7 +80,7 @@ class Control:
 async def listen(runtime: Runtime) -> Control:
     control = Control(runtime)
     await runtime.hub.join(TOPIC, control)
-    runtime.hub.on_gap.append(control.after_gap)
+    runtime.hub.gap_listeners.append(control.after_gap)
     return control
 
 
