@@ -177,17 +177,12 @@ Entry = tuple[Job[Any] | Batched, asyncio.Future[Any]]
 
 
 class Link(Protocol):
-    """A connection the writer holds: its runner, and whether it still looks alive."""
+    """A connection the writer holds: its runner, whether it still looks alive,
+    and a way to close it under a call that hangs on it."""
 
     runner: Runner
 
-    def abort(self) -> None:
-        """Close the connection under a call that hangs on it (asyncpg's terminate;
-        SQLite calls are bounded by busy_timeout and have nothing to abort)."""
-        terminate = getattr(self.raw, "terminate", None)
-        if terminate is not None:
-            with contextlib.suppress(Exception):
-                terminate()
+    def abort(self) -> None: ...
 
     def alive(self) -> bool: ...
 
