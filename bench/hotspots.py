@@ -29,11 +29,11 @@ COMPONENTS = [
     ("databases", "databases/"),
     ("msgspec", "msgspec"),
     ("PyJWT", "jwt/"),
-    ("broadcaster", "broadcaster/"),
     ("redis client", "redis/"),
     ("project: endpoints", "endpoints/"),
     ("project: events", "events/"),
     ("project: store", "store/"),
+    ("project: transport", "transport/"),
     ("python stdlib", "/lib/python3"),
 ]
 
