@@ -9,26 +9,16 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import server
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("endpoints", "events", "store", "transport")
-# The four socket channels: only endpoints/ (their routes) may import them.
-SOCKETS = {
-    "endpoints.base",
-    "endpoints.chat",
-    "endpoints.consultation",
-    "endpoints.reservation",
-    "endpoints.notifications",
-}
-# The HTTP routes: they never import a socket channel.
+# The four socket channels and their base: only endpoints/ (and the app factory) may import them.
+SOCKETS = {endpoint.__module__ for _, endpoint in server.SOCKETS} | {"endpoints.base"}
+# The HTTP routes, every other module of endpoints/: they never import a socket channel.
 HTTP_ROUTES = {
-    "endpoints.api",
-    "endpoints.asyncapi",
-    "endpoints.consultation_api",
-    "endpoints.dev",
-    "endpoints.files",
-    "endpoints.metrics_api",
-    "endpoints.notifications_api",
-}
+    f"endpoints.{path.stem}" for path in (ROOT / "endpoints").glob("*.py") if path.stem != "__init__"
+} - SOCKETS
 
 
 def module_name(path: Path) -> str:
@@ -70,12 +60,22 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
     return found
 
 
+def has_code(path: Path) -> bool:
+    """More than a docstring (and `from __future__`): a package `__init__` that exports something."""
+    body = ast.parse(path.read_text(), str(path)).body
+    return any(
+        not (isinstance(stmt, ast.Expr) and isinstance(stmt.value, ast.Constant))
+        and not (isinstance(stmt, ast.ImportFrom) and stmt.module == "__future__")
+        for stmt in body
+    )
+
+
 def graph() -> dict[str, set[str]]:
     modules = project_modules()
     known = set(modules)
-    # A package's __init__ is not an edge worth checking: it holds no code here.
+    # An empty package `__init__` is no edge worth checking; one with code (transport/'s exports) is.
     return {
-        name: {t for t in imports_of(name, path, known) if modules[t].name != "__init__.py"}
+        name: {t for t in imports_of(name, path, known) if modules[t].name != "__init__.py" or has_code(modules[t])}
         for name, path in modules.items()
     }
 
@@ -90,6 +90,8 @@ def forbidden(importer: str, imported: str) -> str | None:
             return "store/ imports no broker, socket or transport"
     if under(importer, "events") and under(imported, "endpoints"):
         return "events/ imports nothing from endpoints/"
+    if under(importer, "transport") and (under(imported, "events") or under(imported, "endpoints")):
+        return "transport/ imports neither events/ nor endpoints/"
     if under(importer, "events.protocol") and (under(imported, "store") or under(imported, "events.node")):
         return "the protocol imports neither the store nor the Node"
     if imported in SOCKETS and not under(importer, "endpoints") and importer != "server":
@@ -157,9 +159,15 @@ def test_the_checks_see_a_broken_rule() -> None:
     assert forbidden("endpoints.api", "endpoints.chat")
     assert forbidden("embedding", "endpoints.chat")
     assert forbidden("endpoints.chat", "events.node.node") is None
+    assert forbidden("store.messages", "transport")
+    assert forbidden("transport.drain", "events.node.node")
+    assert forbidden("endpoints.files", "endpoints.base")
     edges = graph()
     assert "events.node.broker" in edges["events.node.redis_broker"]
     assert "endpoints.base" in edges["endpoints.chat"]
+    # transport/__init__ exports the socket side: importing it is an edge like any other.
+    assert "transport" in edges["endpoints.base"]
+    assert {"endpoints.chat", "endpoints.base"} <= SOCKETS and "endpoints.api" in HTTP_ROUTES
 
 
 def private_imports(path: Path) -> list[str]:
