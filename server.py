@@ -40,6 +40,7 @@ from events.node.retention import Pruner
 from events.node.scheduler import Scheduler
 from events.node.session import for_settings as session_cookies
 from settings import Settings, SettingsError, from_env
+from store import streams
 from store.db import Db
 from store.errors import StoreUnavailable
 from store.outbox import Outbox
@@ -132,6 +133,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         db = Db(settings.database_url, busy_timeout=settings.store_busy_timeout)
         await db.connect()
+        await streams.ensure_table_epoch(db)
         if not redis_client.uses_redis(settings) and not await db.claim_sole_process():
             await db.disconnect()
             raise SystemExit(

@@ -183,6 +183,12 @@ def _query(endpoint: type[SocketClass]) -> dict[str, Any]:
             "minimum": 0,
             "description": "resume: the events after this seq replace the snapshot",
         }
+        properties["epoch"] = {
+            "type": "string",
+            "maxLength": 64,
+            "description": "the epoch `since` belongs to (from the snapshot); another one than the stream's "
+            "gets `resync_required`; absent or blank: `since` is taken as it is",
+        }
     return {"type": "object", "properties": properties}
 
 

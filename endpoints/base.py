@@ -414,8 +414,9 @@ class BaseEndpoint(WebSocketEndpoint):
     async def catch_up(self, since: int | None, epoch: str | None = None) -> None:
         """Replay the stream after `since` (or send a snapshot), holding live events back meanwhile.
         A `since` from another epoch than the stream's (a database reset or restore) is a resync;
-        a client that sends no epoch is taken at its word, as before epochs."""
+        a client that sends no epoch (or a blank one) is taken at its word, as before epochs."""
         assert self.stream is not None
+        epoch = epoch or None
         db, limit = self.rt.db, self.rt.settings.replay_limit
         if self.buffer is None:
             self.buffer = []

@@ -118,6 +118,12 @@ async def epoch(db: Db, stream: str) -> str:
     return await db.write(job)
 
 
+async def ensure_table_epoch(db: Db) -> None:
+    """At start-up: give the streams table its own epoch now, so that reading a
+    stream's epoch (every snapshot) never has to write."""
+    await epoch(db, EPOCH_ROW)
+
+
 async def last_seq(db: Db, stream: str) -> int:
     row = await db.fetch_one("SELECT last_seq FROM streams WHERE stream = ?", (stream,))
     return int(row[0]) if row else 0

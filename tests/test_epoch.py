@@ -3,6 +3,7 @@ not a silent replay of other events (docs/PROTOCOL.md, "Epochs")."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -69,10 +70,20 @@ async def test_deleted_stream_rows_make_a_new_epoch_and_sync_checks_it(server: S
         assert (await a.expect("resync_required"))["epoch"] == fresh
         await a.expect("message_history")
         # A bad epoch is a bad frame: an error, and the socket stays usable.
-        await a.send({"type": "sync", "since": 1, "epoch": ""})
+        await a.send({"type": "sync", "since": 1, "epoch": "x" * 65})
         assert (await a.expect("error"))["code"] == "invalid_payload"
         await a.send({"type": "ping"})
         await a.expect("pong")
+        # A blank one is none, as with `?epoch=`: the same answer as no epoch at all.
+        answers = []
+        for sync in ({"type": "sync", "since": 0}, {"type": "sync", "since": 0, "epoch": ""}):
+            await a.send(sync)
+            frames = []
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    frames.append(await a.recv(timeout=0.5))
+            answers.append([f["type"] for f in frames])
+        assert answers[0] == answers[1] and answers[0] and "error" not in answers[0], answers
 
 
 async def _delete_streams(tx: Runner) -> None:

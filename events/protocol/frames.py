@@ -23,7 +23,8 @@ from events.protocol import errors
 MAX_BATCH = 50
 
 Id = Annotated[str, Meta(min_length=1, max_length=64)]
-Epoch = Annotated[str, Meta(min_length=1, max_length=64)]
+# Blank is no epoch, as with a blank `?epoch=`.
+Epoch = Annotated[str, Meta(max_length=64)]
 ClientMsgId = Annotated[str, Meta(min_length=1, max_length=64)]
 Seq = Annotated[int, Meta(ge=0, le=2**53)]
 
