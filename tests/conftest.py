@@ -57,6 +57,14 @@ def token(
     return jwt.encode(claims, secret, algorithm=algorithm)
 
 
+def ws_url(port: int, path: str, prefix: str = "", **query: Any) -> str:
+    """A socket's URL on a test server at `port` (an app mounted under `prefix`)."""
+    url = f"ws://127.0.0.1:{port}{prefix}{path}"
+    if query:
+        url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
+    return url
+
+
 @dataclass
 class Server:
     port: int
@@ -68,10 +76,7 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def ws_url(self, path: str, **query: Any) -> str:
-        url = f"ws://127.0.0.1:{self.port}{path}"
-        if query:
-            url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
-        return url
+        return ws_url(self.port, path, **query)
 
     @property
     def runtime(self) -> Any:

@@ -21,7 +21,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.conftest import IN_CI, SECRET, SERVICE_KEY, free_port
+from tests.conftest import IN_CI, SECRET, SERVICE_KEY, free_port, ws_url
 
 ROOT = Path(__file__).resolve().parent.parent
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -39,10 +39,7 @@ class Proc:
         return f"http://127.0.0.1:{self.port}"
 
     def ws_url(self, path: str, **query: object) -> str:
-        url = f"ws://127.0.0.1:{self.port}{path}"
-        if query:
-            url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
-        return url
+        return ws_url(self.port, path, **query)
 
     def api(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http, headers={"Authorization": f"Bearer {SERVICE_KEY}"})

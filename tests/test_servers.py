@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import SECRET, SERVICE_KEY, free_port, slow_chat, token, ws
+from tests.conftest import SECRET, SERVICE_KEY, free_port, slow_chat, token, ws, ws_url
 
 pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
 
@@ -74,10 +74,7 @@ class Running:
         return f"http://127.0.0.1:{self.port}{self.prefix}"
 
     def ws_url(self, path: str, **query: Any) -> str:
-        url = f"ws://127.0.0.1:{self.port}{self.prefix}{path}"
-        if query:
-            url += "?" + "&".join(f"{k}={v}" for k, v in query.items())
-        return url
+        return ws_url(self.port, path, self.prefix, **query)
 
     def api(self) -> httpx.AsyncClient:
         return httpx.AsyncClient(base_url=self.http, headers={"Authorization": f"Bearer {SERVICE_KEY}"})
