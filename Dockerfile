@@ -29,4 +29,4 @@ HEALTHCHECK --interval=30s --timeout=5s \
     CMD python -c "import os, urllib.request; urllib.request.urlopen(f'http://127.0.0.1:{os.environ[\"PORT\"]}/healthz', timeout=3)"
 
 # The Procfile's command; exec, so that uvicorn gets SIGTERM and closes sockets with 1012.
-CMD ["sh", "-c", "exec uvicorn server:app --host 0.0.0.0 --port ${PORT} --ws websockets-sansio --ws-max-size 262144 --proxy-headers --http transport.guard:http_protocol --log-config logging.json"]
+CMD ["sh", "-c", "exec uvicorn server:app --host 0.0.0.0 --port ${PORT} --ws websockets-sansio --ws-max-size 262144 --proxy-headers --http realtime.transport.guard:http_protocol --log-config logging.json"]

@@ -29,13 +29,13 @@ from typing import Any
 import msgspec
 from starlette.applications import Starlette
 
-from endpoints.notifications_api import NotificationBody
-from events.node.node import Runtime
-from events.protocol.chat import ChatMessage
-from events.protocol.notifications import safe_url
-from server import create_app
-from settings import Settings
-from store.errors import NotFound
+from .endpoints.notifications_api import NotificationBody
+from .events.node.node import Runtime
+from .events.protocol.chat import ChatMessage
+from .events.protocol.notifications import safe_url
+from .server import create_app
+from .settings import Settings
+from .store.errors import NotFound
 
 SYSTEM = {"id": 0, "name": "System"}
 

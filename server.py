@@ -6,6 +6,18 @@ takes them explicitly (tests, embedding).
 
 from __future__ import annotations
 
+if not __package__:
+    # From a checkout, `uvicorn server:app` (the Procfile) imports this file as the
+    # top-level module `server`. It becomes `realtime.server` (realtime/__init__.py
+    # points that package at this directory), so the relative imports below resolve
+    # and the package holds one copy of this module, not two.
+    import importlib.util as _util
+    import sys as _sys
+
+    __spec__ = _util.spec_from_file_location("realtime.server", __file__)
+    __package__ = "realtime"
+    _sys.modules["realtime.server"] = _sys.modules[__name__]
+
 import asyncio
 import logging
 import os
@@ -22,33 +34,33 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
-import logconfig
-from endpoints import api, asyncapi, consultation_api, dev, files, metrics_api, notifications_api
-from endpoints.base import BaseEndpoint
-from endpoints.chat import ChatEndpoint
-from endpoints.consultation import ConsultationEndpoint
-from endpoints.notifications import NotificationsEndpoint
-from endpoints.reservation import ReservationEndpoint
-from events.node import control, metrics, presence, redis_client, socket_slots
-from events.node.auth import TokenVerifier
-from events.node.broker import Broker, MemoryBroker
-from events.node.chat_notices import ChatNotices
-from events.node.consultation_rules import describe_agora
-from events.node.hub import Hub
-from events.node.node import Runtime
-from events.node.retention import Pruner
-from events.node.scheduler import Scheduler
-from events.node.session import for_settings as session_cookies
-from settings import Settings, SettingsError, from_env
-from store import streams
-from store.db import Db
-from store.errors import StoreUnavailable
-from store.outbox import Outbox
-from store.streams import StreamLog
-from transport import guard
-from transport.asgi import SocketRoutes
-from transport.drain import Drain
-from transport.lifespan import StartOnFirstUse
+from . import logconfig
+from .endpoints import api, asyncapi, consultation_api, dev, files, metrics_api, notifications_api
+from .endpoints.base import BaseEndpoint
+from .endpoints.chat import ChatEndpoint
+from .endpoints.consultation import ConsultationEndpoint
+from .endpoints.notifications import NotificationsEndpoint
+from .endpoints.reservation import ReservationEndpoint
+from .events.node import control, metrics, presence, redis_client, socket_slots
+from .events.node.auth import TokenVerifier
+from .events.node.broker import Broker, MemoryBroker
+from .events.node.chat_notices import ChatNotices
+from .events.node.consultation_rules import describe_agora
+from .events.node.hub import Hub
+from .events.node.node import Runtime
+from .events.node.retention import Pruner
+from .events.node.scheduler import Scheduler
+from .events.node.session import for_settings as session_cookies
+from .settings import Settings, SettingsError, from_env
+from .store import streams
+from .store.db import Db
+from .store.errors import StoreUnavailable
+from .store.outbox import Outbox
+from .store.streams import StreamLog
+from .transport import guard
+from .transport.asgi import SocketRoutes
+from .transport.drain import Drain
+from .transport.lifespan import StartOnFirstUse
 
 log = logging.getLogger("realtime.server")
 READY_TIMEOUT = 2.0
@@ -64,7 +76,7 @@ SOCKETS: list[tuple[str, type[BaseEndpoint]]] = [
 
 def broker(url: str) -> Broker:
     if urlparse(url).scheme in redis_client.SCHEMES:
-        from events.node.redis_broker import RedisBackend
+        from .events.node.redis_broker import RedisBackend
 
         return RedisBackend(url)
     return MemoryBroker()

@@ -16,7 +16,7 @@ import logging
 import os
 import sys
 
-from settings import SettingsError, from_env
+from .settings import SettingsError, from_env
 
 EXIT_STATUS = 2
 

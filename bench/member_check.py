@@ -18,8 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from store import messages, rooms
-from store.db import Db
+from realtime.store import messages, rooms
+from realtime.store.db import Db
 
 
 async def one_round(folder: Path, rooms_count: int, total: int, in_flight: int, checked: bool) -> float:

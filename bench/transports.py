@@ -26,7 +26,7 @@ class WrappedSend:
 
 def __getattr__(name: str) -> Any:
     if name == "plain":
-        import server
+        from realtime import server
 
         app = WrappedSend(server.app)
         globals()["plain"] = app

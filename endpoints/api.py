@@ -17,12 +17,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from events.node import control, topics
-from events.node.node import Runtime
-from events.protocol.frames import has_nul
-from store import revocations, rooms, users
-from store.db import new_id
-from store.errors import StoreError, StoreUnavailable
+from ..events.node import control, topics
+from ..events.node.node import Runtime
+from ..events.protocol.frames import has_nul
+from ..store import revocations, rooms, users
+from ..store.db import new_id
+from ..store.errors import StoreError, StoreUnavailable
 
 UserId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
 RoomId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from events.protocol import schema
-from events.protocol.frames import MAX_BATCH, Frame
+from ..events.protocol import schema
+from ..events.protocol.frames import MAX_BATCH, Frame
 
 VERSION = "3.0.0"
 REF = "#/components/schemas/{name}"

@@ -17,16 +17,16 @@ from starlette.endpoints import WebSocketEndpoint
 from starlette.responses import PlainTextResponse
 from starlette.websockets import WebSocket
 
-from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
-from events.node.hub import Delivery
-from events.node.limits import CHEAP, AbuseMeter, TokenBucket
-from events.node.node import Runtime
-from events.protocol import errors, outbound
-from events.protocol.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
-from store import streams
-from store.errors import AccessEnded, StoreError, StoreUnavailable
-from transport import RAW_SEND, Outbound, attach
-from transport.uvicorn import drop_connection
+from ..events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
+from ..events.node.hub import Delivery
+from ..events.node.limits import CHEAP, AbuseMeter, TokenBucket
+from ..events.node.node import Runtime
+from ..events.protocol import errors, outbound
+from ..events.protocol.frames import COMMON, Auth, BadFrame, Decoded, Frame, Ping, decode
+from ..store import streams
+from ..store.errors import AccessEnded, StoreError, StoreUnavailable
+from ..transport import RAW_SEND, Outbound, attach
+from ..transport.uvicorn import drop_connection
 
 log = logging.getLogger("realtime.ws")
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
-from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events.node import topics
-from events.protocol import chat as frames
-from events.protocol import outbound
-from store import messages, rooms, streams
-from store.errors import AccessEnded
+from ..events.node import topics
+from ..events.protocol import chat as frames
+from ..events.protocol import outbound
+from ..store import messages, rooms, streams
+from ..store.errors import AccessEnded
+from .base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
 
 
 class ChatEndpoint(BaseEndpoint):

@@ -15,9 +15,8 @@ import logging
 
 import msgspec
 
-from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events.node import topics
-from events.node.consultation_rules import (
+from ..events.node import topics
+from ..events.node.consultation_rules import (
     OVER,
     agora,
     announce_cancelled,
@@ -28,12 +27,13 @@ from events.node.consultation_rules import (
     status_frame,
     topic,
 )
-from events.node.hub import Delivery
-from events.protocol import consultation as frames
-from events.protocol.frames import Ping
-from events.protocol.outbound import encode
-from store import consultations
-from store.db import new_id, utc_now
+from ..events.node.hub import Delivery
+from ..events.protocol import consultation as frames
+from ..events.protocol.frames import Ping
+from ..events.protocol.outbound import encode
+from ..store import consultations
+from ..store.db import new_id, utc_now
+from .base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
 
 log = logging.getLogger("realtime.consultation")
 

@@ -12,12 +12,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from endpoints.api import ApiError, RoomId, UserId, body, service
-from events.node import consultation_rules, topics
-from events.node.node import Runtime
-from events.protocol.consultation import MAX_REASON
-from store import consultations
-from store.db import new_id
+from ..events.node import consultation_rules, topics
+from ..events.node.node import Runtime
+from ..events.protocol.consultation import MAX_REASON
+from ..store import consultations
+from ..store.db import new_id
+from .api import ApiError, RoomId, UserId, body, service
 
 MAX_MINUTES = 24 * 60
 

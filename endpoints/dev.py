@@ -15,10 +15,10 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from events.node.node import Runtime
-from store import consultations, rooms, users
-from store.consultations import Consultation
-from store.errors import Conflict
+from ..events.node.node import Runtime
+from ..store import consultations, rooms, users
+from ..store.consultations import Consultation
+from ..store.errors import Conflict
 
 DEMO_USERS = (
     (1, "Dr. Kim", "expert"),

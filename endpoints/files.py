@@ -19,12 +19,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Message, Receive
 
-from events.node import topics
-from events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
-from events.node.node import Runtime
-from store import rooms
-from store.db import new_id
-from store.errors import AccessEnded
+from ..events.node import topics
+from ..events.node.auth import AuthError, Identity, cookie_origin_allowed, credential_from_scope
+from ..events.node.node import Runtime
+from ..store import rooms
+from ..store.db import new_id
+from ..store.errors import AccessEnded
 
 CHUNK = 64 * 1024
 # Form fields and multipart framing on top of the file itself.

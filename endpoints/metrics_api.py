@@ -7,7 +7,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from events.node.node import Runtime
+from ..events.node.node import Runtime
 
 
 async def metrics(request: Request) -> Response:

@@ -9,11 +9,11 @@ somebody else's notifications, never a missing resource).
 
 from __future__ import annotations
 
-from endpoints.base import FORBIDDEN, BaseEndpoint, Refused
-from events.node import topics
-from events.protocol import notifications as frames
-from events.protocol.frames import Sync
-from store import notifications
+from ..events.node import topics
+from ..events.protocol import notifications as frames
+from ..events.protocol.frames import Sync
+from ..store import notifications
+from .base import FORBIDDEN, BaseEndpoint, Refused
 
 
 class NotificationsEndpoint(BaseEndpoint):

@@ -13,9 +13,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from endpoints.api import ApiError, UserId, body, service
-from events.node.node import Runtime
-from events.protocol.notifications import safe_url
+from ..events.node.node import Runtime
+from ..events.protocol.notifications import safe_url
+from .api import ApiError, UserId, body, service
 
 MAX_RECIPIENTS = 10_000
 

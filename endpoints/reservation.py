@@ -12,11 +12,11 @@ reservation channel (4004).
 
 from __future__ import annotations
 
-from endpoints.base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
-from events.node import notify, topics
-from events.protocol import reservation as frames
-from store import reservations, users
-from store.errors import Forbidden
+from ..events.node import notify, topics
+from ..events.protocol import reservation as frames
+from ..store import reservations, users
+from ..store.errors import Forbidden
+from .base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
 
 expert_topic = topics.reservation_expert
 pair_topic = topics.reservation_pair

@@ -1,6 +1,9 @@
 """A host Starlette app with the realtime server mounted under `/realtime`.
 
+    pip install .        # the package `realtime`, imported under that one name
     JWT_SECRET=... SERVICE_KEY=... python examples/embed.py
+
+From a checkout's root, `uvicorn examples.embed:app` runs it without installing.
 
 The host's lifespan runs the realtime app's (Starlette never runs a mounted
 app's lifespan by itself), and the host's own routes call the realtime server
@@ -18,10 +21,8 @@ docs/deploy.md, "ASGI servers"). `uvicorn examples.embed:app` runs it too.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
@@ -30,12 +31,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from embedding import Realtime
-from settings import Settings, from_env
-from store.errors import NotFound
-from transport import RawSend, raw_send
+from realtime.embedding import Realtime
+from realtime.settings import Settings, from_env
+from realtime.store.errors import NotFound
+from realtime.transport import RawSend, raw_send
 
 
 def build(settings: Settings) -> tuple[Starlette, Realtime]:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from store.db import Db, Row, Runner, new_id
-from store.errors import Conflict, Forbidden, NotFound
+from .db import Db, Row, Runner, new_id
+from .errors import Conflict, Forbidden, NotFound
 
 WAITING = "waiting"
 IN_PROGRESS = "in_progress"

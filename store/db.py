@@ -41,7 +41,7 @@ from typing import IO, Any, Protocol, TypeVar
 
 import databases
 
-from store.errors import StoreError, StoreUnavailable, is_transient, loses_connection
+from .errors import StoreError, StoreUnavailable, is_transient, loses_connection
 
 log = logging.getLogger("realtime.store")
 

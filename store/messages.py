@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from store import outbox, streams
-from store.db import Db, Row, Runner, new_ids, utc_now
-from store.errors import AccessEnded, Forbidden, NotFound
+from . import outbox, streams
+from .db import Db, Row, Runner, new_ids, utc_now
+from .errors import AccessEnded, Forbidden, NotFound
 
 COLUMNS = (
     "id, seq, room_id, sender_id, sender_name, sender_image, content, message_type, "

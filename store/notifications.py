@@ -14,9 +14,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from store import outbox, streams
-from store.db import Db, Row, Runner, new_id, utc_now
-from store.errors import NotFound
+from . import outbox, streams
+from .db import Db, Row, Runner, new_id, utc_now
+from .errors import NotFound
 
 Kind = Literal["consultation", "message", "payment", "system"]
 KINDS = ("consultation", "message", "payment", "system")

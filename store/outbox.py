@@ -19,7 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from store.db import Db, PgRunner, Runner
+from .db import Db, PgRunner, Runner
 
 # (stream, seq, frame) of one event to publish, oldest first per stream.
 Pending = tuple[str, int, str]

@@ -12,9 +12,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from store import streams
-from store.db import Db, Row, Runner, new_id, utc_now
-from store.errors import Conflict, NotFound
+from . import streams
+from .db import Db, Row, Runner, new_id, utc_now
+from .errors import Conflict, NotFound
 
 MAX_PENDING = 5  # pending requests one client may have with one expert
 EXPERT_REQUESTS = 500  # pending requests in an expert's snapshot, oldest first

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from store.db import Db, Runner, utc_now
+from .db import Db, Runner, utc_now
 
 # Any fixed number, beside the store's other advisory lock keys.
 PRUNE_LOCK_KEY = 7_202_613

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from store.db import Db, Runner, utc_now
+from .db import Db, Runner, utc_now
 
 
 async def revoke(db: Db, user_id: int, before_ms: int) -> int:

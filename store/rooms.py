@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from store.db import Db, Runner, utc_now
-from store.errors import Conflict, NotFound
+from .db import Db, Runner, utc_now
+from .errors import Conflict, NotFound
 
 
 async def exists(db: Db, room_id: str) -> bool:

@@ -13,8 +13,8 @@ from typing import Any
 
 import msgspec
 
-from store import outbox
-from store.db import Db, Runner, utc_now
+from . import outbox
+from .db import Db, Runner, utc_now
 
 _encode = msgspec.json.Encoder().encode
 # Streams read back per statement (well under every driver's parameter limit).

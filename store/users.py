@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from store.db import Db, Runner
+from .db import Db, Runner
 
 
 async def get(db: Db, user_id: int) -> dict[str, Any] | None:

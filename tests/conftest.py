@@ -19,8 +19,8 @@ import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
-from server import create_app
-from settings import Settings
+from realtime.server import create_app
+from realtime.settings import Settings
 
 SECRET = "test-secret-of-at-least-32-bytes-long"
 SERVICE_KEY = "service-key-for-tests"
@@ -117,7 +117,7 @@ async def serving(app: Any, ws_impl: str = "websockets-sansio", **config: Any) -
 
 
 # The Procfile's `--http`: uvicorn's HTTP protocol under the connection guard.
-GUARDED_HTTP = "transport.guard:http_protocol"
+GUARDED_HTTP = "realtime.transport.guard:http_protocol"
 
 
 @contextlib.asynccontextmanager

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from events.protocol import errors
+from realtime.events.protocol import errors
 from tests.conftest import Client, Server, token
 from tests.store_checks import store_is_whole
 

@@ -85,7 +85,7 @@ def start(env: Mapping[str, str], log: Path, port: int | None = None, open_files
             "--ws",
             "websockets-sansio",
             "--http",
-            "transport.guard:http_protocol",
+            "realtime.transport.guard:http_protocol",
         ],
         cwd=ROOT,
         env=full_env,

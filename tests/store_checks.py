@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from store.db import Db
+from realtime.store.db import Db
 
 
 async def store_is_whole(db: Db) -> None:

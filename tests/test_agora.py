@@ -4,7 +4,7 @@ import zlib
 
 import pytest
 
-from events.node.agora import (
+from realtime.events.node.agora import (
     PRIVILEGE_JOIN_CHANNEL,
     PRIVILEGE_PUBLISH_AUDIO_STREAM,
     PRIVILEGE_PUBLISH_DATA_STREAM,

@@ -59,7 +59,7 @@ async def test_users_are_upserted(server: Server) -> None:
         assert first.status_code == 200
         assert first.json()["user"] == {"id": 5, "name": "Kim", "role": "expert", "profile_image": "/k.png"}
         assert (await api.put("/api/users/5", json={"name": "Dr. Kim"})).status_code == 200
-    from store import users
+    from realtime.store import users
 
     stored = await users.get(server.runtime.db, 5)
     assert stored == {"id": 5, "name": "Dr. Kim", "role": "client", "profile_image": None}

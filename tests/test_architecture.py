@@ -9,12 +9,12 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import server
+from realtime import server
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("endpoints", "events", "store", "transport")
 # The four socket channels and their base: only endpoints/ (and the app factory) may import them.
-SOCKETS = {endpoint.__module__ for _, endpoint in server.SOCKETS} | {"endpoints.base"}
+SOCKETS = {endpoint.__module__.removeprefix("realtime.") for _, endpoint in server.SOCKETS} | {"endpoints.base"}
 # The HTTP routes, every other module of endpoints/: they never import a socket channel.
 HTTP_ROUTES = {
     f"endpoints.{path.stem}" for path in (ROOT / "endpoints").glob("*.py") if path.stem != "__init__"
@@ -46,7 +46,8 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                parts = package.split(".") if package else []
+                anchor = parts[: len(parts) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
             # `from events.node import hub` imports the module events.node.hub.
             targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]

@@ -23,14 +23,14 @@ from jsonschema import Draft7Validator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from endpoints import base
-from endpoints.asyncapi import document
-from events.node import control
-from events.protocol import errors, schema
-from server import SOCKETS
+from realtime.endpoints import base
+from realtime.endpoints.asyncapi import document
+from realtime.events.node import control
+from realtime.events.protocol import errors, schema
+from realtime.server import SOCKETS
+from realtime.transport.asgi import SLOW_CONSUMER
 from tests.conftest import Client, Server, token
 from tests.test_agora import APP_CERT, APP_ID
-from transport.asgi import SLOW_CONSUMER
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = document(SOCKETS)

@@ -17,8 +17,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from store import messages
-from store.db import Runner
+from realtime.store import messages
+from realtime.store.db import Runner
 from tests.conftest import Client, Server, base_settings, chat, running, token, ws
 
 LIMIT = 64 * 1024

@@ -22,8 +22,8 @@ from typing import Any
 
 from websockets.exceptions import ConnectionClosed
 
-from store import consultations, messages, notifications, reservations
-from store.db import Runner
+from realtime.store import consultations, messages, notifications, reservations
+from realtime.store.db import Runner
 from tests.conftest import Client, Server, token, ws
 
 ROLES = ("owner", "member", "stranger", "other_expert", "same_expert_client")
@@ -158,7 +158,7 @@ async def run_matrix(
 
 
 async def test_chat_matrix(server: Server) -> None:
-    from endpoints.chat import ChatEndpoint
+    from realtime.endpoints.chat import ChatEndpoint
 
     db = server.runtime.db
     await server.room("r1", [1, 2])
@@ -181,7 +181,7 @@ async def test_chat_matrix(server: Server) -> None:
 
 
 async def test_consultation_matrix(server: Server) -> None:
-    from endpoints.consultation import ConsultationEndpoint
+    from realtime.endpoints.consultation import ConsultationEndpoint
 
     db = server.runtime.db
     await consultations.create(db, "other", 4, 6)
@@ -224,7 +224,7 @@ async def pending_cancelled(tx: Runner) -> None:
 
 
 async def test_reservation_matrix(server: Server) -> None:
-    from endpoints.reservation import ReservationEndpoint
+    from realtime.endpoints.reservation import ReservationEndpoint
 
     db = server.runtime.db
     await server.user(10, "Dr. Kim", "expert")
@@ -290,7 +290,7 @@ async def test_reservation_clients_never_see_each_other(server: Server) -> None:
 
 
 async def test_notifications_matrix(server: Server) -> None:
-    from endpoints.notifications import NotificationsEndpoint
+    from realtime.endpoints.notifications import NotificationsEndpoint
 
     db = server.runtime.db
     actors = {"owner": (1, None), "member": (2, None), "stranger": (3, None)}

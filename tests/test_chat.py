@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from store import messages
+from realtime.store import messages
 from tests.conftest import Server, chat, token, ws
 
 SHAPE = {"id", "seq", "room_id", "sender", "content", "message_type", "created_at", "is_read"}

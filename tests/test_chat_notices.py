@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from events.node.chat_notices import ChatNotices, Window
-from store.errors import StoreUnavailable
+from realtime.events.node.chat_notices import ChatNotices, Window
+from realtime.store.errors import StoreUnavailable
 from tests.conftest import Server, base_settings, chat, running, token, ws
 from tests.store_checks import store_is_whole
 

@@ -22,11 +22,11 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from settings import SettingsError, from_env
+from realtime.settings import SettingsError, from_env
+from realtime.transport import guard
+from realtime.transport.guard import PendingPerAddress, address_key
 from tests.conftest import GUARDED_HTTP, SECRET, Client, base_settings, running, serving, token, ws
 from tests.procs import ready, start
-from transport import guard
-from transport.guard import PendingPerAddress, address_key
 
 pytestmark = pytest.mark.anyio
 

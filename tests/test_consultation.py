@@ -13,8 +13,8 @@ from typing import Any
 import httpx
 import pytest
 
-from events.node.agora import PRIVILEGE_JOIN_CHANNEL, PRIVILEGE_PUBLISH_AUDIO_STREAM, parse_token
-from store import consultations
+from realtime.events.node.agora import PRIVILEGE_JOIN_CHANNEL, PRIVILEGE_PUBLISH_AUDIO_STREAM, parse_token
+from realtime.store import consultations
 from tests.conftest import SERVICE_KEY, Client, Server, base_settings, next_of, running, token, ws
 
 EXPERT, CLIENT, STRANGER = 1, 2, 3

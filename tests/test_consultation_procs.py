@@ -16,9 +16,9 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
-from events.node.presence import MemoryPresence, Presence, RedisPresence, namespace
-from settings import Settings
-from store.consultations import iso
+from realtime.events.node.presence import MemoryPresence, Presence, RedisPresence, namespace
+from realtime.settings import Settings
+from realtime.store.consultations import iso
 from tests.conftest import Client, next_of, token, ws
 from tests.procs import REDIS_URL, Proc, fresh_postgres, require, servers
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from events.node.auth import cookie_origin_allowed
+from realtime.events.node.auth import cookie_origin_allowed
 from tests.conftest import Server, base_settings, running, token, ws
 from tests.test_upload_abuse import BOUNDARY, refused, stored, upload_of
 

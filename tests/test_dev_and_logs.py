@@ -7,7 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from logconfig import scrub
+from realtime.logconfig import scrub
 from tests.conftest import Client, ws
 from tests.procs import ready, start
 
@@ -68,7 +68,7 @@ def test_tracebacks_are_scrubbed_in_text_logs() -> None:
     import io
     import logging
 
-    from logconfig import Redact
+    from realtime.logconfig import Redact
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)

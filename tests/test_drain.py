@@ -20,11 +20,11 @@ import httpx
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from events.node.node import Runtime
+from realtime.events.node.node import Runtime
+from realtime.transport.drain import Drain
+from realtime.transport.uvicorn import drop_connection
 from tests.conftest import Client, base_settings, token, ws
 from tests.procs import Proc, ready, start
-from transport.drain import Drain
-from transport.uvicorn import drop_connection
 
 pytestmark = pytest.mark.timeout(120)
 

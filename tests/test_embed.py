@@ -14,8 +14,8 @@ from typing import Any
 import httpx
 import pytest
 
-from embedding import Realtime
-from store.errors import NotFound
+from realtime.embedding import Realtime
+from realtime.store.errors import NotFound
 from tests.conftest import SERVICE_KEY, base_settings, token, ws
 from tests.conftest import serving as serve_app
 

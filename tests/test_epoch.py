@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from store.db import Runner
+from realtime.store.db import Runner
 from tests.conftest import Client, Server, base_settings, chat, running, token, ws
 
 

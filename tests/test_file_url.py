@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from events.protocol.chat import ChatMessage
+from realtime.events.protocol.chat import ChatMessage
 from tests.conftest import Server, chat
 
 # Each of these a browser (or a client that decodes the URL first) may follow to another host.

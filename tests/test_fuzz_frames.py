@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from endpoints.chat import ChatEndpoint
-from endpoints.consultation import ConsultationEndpoint
-from endpoints.notifications import NotificationsEndpoint
-from endpoints.reservation import ReservationEndpoint
-from store import consultations, messages, reservations
+from realtime.endpoints.chat import ChatEndpoint
+from realtime.endpoints.consultation import ConsultationEndpoint
+from realtime.endpoints.notifications import NotificationsEndpoint
+from realtime.endpoints.reservation import ReservationEndpoint
+from realtime.store import consultations, messages, reservations
 from tests.conftest import Client, Server, token
 from tests.fuzzing import COMMON, FUZZ, LIMIT, Actor, Arena, Payload, cmids, day, fixed, payloads, ref, to_text, words
 
@@ -356,7 +356,7 @@ async def test_first_frame_before_auth(server: Server, payload: Payload) -> None
 
 
 def test_every_endpoint_is_fuzzed() -> None:
-    from server import SOCKETS
+    from realtime.server import SOCKETS
 
     arenas = (ChatArena, ConsultationArena, ReservationArena, NotificationArena)
     assert {endpoint for _, endpoint in SOCKETS} == {arena.endpoint for arena in arenas}

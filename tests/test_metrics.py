@@ -14,7 +14,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from events.node.metrics import frame_type
+from realtime.events.node.metrics import frame_type
 from tests.conftest import Client, Server, base_settings, chat, running, slow_chat, token, ws
 from tests.procs import REDIS_URL, require
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from events.node.scheduler import RedisTicks, Scheduler
+from realtime.events.node.scheduler import RedisTicks, Scheduler
 from tests.conftest import base_settings, chat, running
 from tests.procs import REDIS_URL, require
 

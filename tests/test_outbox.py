@@ -15,11 +15,11 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from events.node.broker import Broker, Event
-from events.node.hub import GAP, Delivery, Hub, pack, unpack
-from store import streams
-from store.db import Db, Runner
-from store.outbox import Outbox
+from realtime.events.node.broker import Broker, Event
+from realtime.events.node.hub import GAP, Delivery, Hub, pack, unpack
+from realtime.store import streams
+from realtime.store.db import Db, Runner
+from realtime.store.outbox import Outbox
 from tests.conftest import Client, Server, base_settings, chat, running, token, ws
 from tests.faultproxy import proxy_for
 from tests.procs import REDIS_URL, Proc, make_room, ready, require, start

@@ -21,8 +21,8 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from events.node.broker import Event
-from events.node.redis_broker import GAP, BrokerUnavailable, RedisBackend
+from realtime.events.node.broker import Event
+from realtime.events.node.redis_broker import GAP, BrokerUnavailable, RedisBackend
 
 REDIS_HOST = "127.0.0.1"
 REDIS_PORT = 6379

@@ -13,8 +13,8 @@ from typing import Any
 import asyncpg
 import pytest
 
-from settings import SettingsError, from_env
-from store.db import SCHEMA, schema_statements
+from realtime.settings import SettingsError, from_env
+from realtime.store.db import SCHEMA, schema_statements
 from tests.conftest import Server, base_settings, chat, running, token, ws
 
 FAST = {"retention_interval": 0.2}
@@ -146,7 +146,7 @@ async def test_read_notifications_are_pruned_by_age_unread_ones_kept(server: Ser
 
 
 async def test_a_pass_deletes_in_bounded_batches(server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
-    from events.node import retention as service
+    from realtime.events.node import retention as service
 
     monkeypatch.setattr(service, "BATCH", 7)
     await server.room("r", [1, 2])
@@ -279,9 +279,9 @@ async def test_a_hole_in_the_kept_events_is_a_resync_not_a_silent_gap(server: Se
 async def test_two_pruners_on_one_database_delete_each_row_once(
     server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from events.node import retention as service
-    from events.node.retention import Pruner
-    from store.db import Db
+    from realtime.events.node import retention as service
+    from realtime.events.node.retention import Pruner
+    from realtime.store.db import Db
 
     monkeypatch.setattr(service, "BATCH", 7)
     await server.room("r", [1, 2])

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from store import rooms
+from realtime.store import rooms
 from tests.conftest import Client, Server, base_settings, chat, running, token, ws
 
 # ---- the per-user socket limit ------------------------------------------------------

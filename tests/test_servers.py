@@ -36,7 +36,7 @@ MAX_FRAME = 64 * 1024
 def _command(kind: str, port: int) -> list[str]:
     py = [sys.executable, "-m"]
     uvicorn = [*py, "uvicorn", "--host", "127.0.0.1", "--port", str(port), "--ws-max-size", str(MAX_FRAME * 4)]
-    guarded = ["--http", "transport.guard:http_protocol"]
+    guarded = ["--http", "realtime.transport.guard:http_protocol"]
     return {
         "uvicorn-sansio": [*uvicorn, "server:app", "--ws", "websockets-sansio", *guarded],
         "uvicorn-wsproto": [*uvicorn, "server:app", "--ws", "wsproto", *guarded],

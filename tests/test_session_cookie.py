@@ -12,9 +12,9 @@ import jwt
 import pytest
 from websockets.asyncio.client import connect
 
-from events.node.auth import Identity, cookie_value
-from events.node.session import COOKIE, TOKEN_TYPE, SessionCookies, session_key
-from settings import Settings, SettingsError, from_env
+from realtime.events.node.auth import Identity, cookie_value
+from realtime.events.node.session import COOKIE, TOKEN_TYPE, SessionCookies, session_key
+from realtime.settings import Settings, SettingsError, from_env
 from tests.conftest import SECRET, Client, Server, base_settings, running, token
 
 HOUR = 3600

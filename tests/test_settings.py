@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from settings import DEV_SECRET, SettingsError, from_env
+from realtime.settings import DEV_SECRET, SettingsError, from_env
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ import asyncpg
 import httpx
 import pytest
 
-from store.errors import StoreUnavailable, is_transient, loses_connection
+from realtime.store.errors import StoreUnavailable, is_transient, loses_connection
 from tests.conftest import SERVICE_KEY, Client, base_settings, chat, running, token, ws
 from tests.faultproxy import proxy_for
 from tests.procs import REDIS_URL, require, servers
@@ -512,14 +512,14 @@ def test_faults_are_told_apart_from_bugs() -> None:
 
 @pytest.mark.parametrize("value", ["0", "-1", "soon", "100000"])
 def test_a_bad_busy_timeout_names_the_variable(value: str) -> None:
-    from settings import SettingsError, from_env
+    from realtime.settings import SettingsError, from_env
 
     with pytest.raises(SettingsError, match=r"^STORE_BUSY_TIMEOUT: .*(seconds|number)"):
         from_env({"JWT_SECRET": "x" * 40, "STORE_BUSY_TIMEOUT": value})
 
 
 def test_the_busy_timeout_is_read_in_seconds() -> None:
-    from settings import from_env
+    from realtime.settings import from_env
 
     assert from_env({"JWT_SECRET": "x" * 40, "STORE_BUSY_TIMEOUT": "0.25"}).store_busy_timeout == 0.25
     assert from_env({"JWT_SECRET": "x" * 40}).store_busy_timeout == 10.0

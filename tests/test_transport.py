@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
+from realtime.transport import server_of
+from realtime.transport.asgi import RAW_SEND, Outbound, RawSend
+from realtime.transport.uvicorn import direct_writer, protocol_of, why_not
 from tests.conftest import base_settings, chat, running
-from transport import server_of
-from transport.asgi import RAW_SEND, Outbound, RawSend
-from transport.uvicorn import direct_writer, protocol_of, why_not
 
 pytestmark = pytest.mark.anyio
 
@@ -159,7 +159,7 @@ async def test_raw_send_keeps_the_servers_send_for_a_mounted_app() -> None:
 async def test_on_an_untested_uvicorn_the_fast_path_stays_off(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The adapter reads uvicorn's internals: on a version it was not tested with it
     declines, and the sockets work through plain ASGI `send`."""
-    from transport import uvicorn as adapter
+    from realtime.transport import uvicorn as adapter
 
     for version, fast in (((0, 1), False), (adapter.VERSION, True)):
         monkeypatch.setattr(adapter, "VERSION", version)

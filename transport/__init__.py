@@ -16,8 +16,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter
 from starlette.types import Receive, Scope
 
-from transport.asgi import RAW_SEND, Outbound, RawSend, raw_send
-from transport.uvicorn import VERSION_TEXT, adopt, direct_writer, why_not
+from .asgi import RAW_SEND, Outbound, RawSend, raw_send
+from .uvicorn import VERSION_TEXT, adopt, direct_writer, why_not
 
 __all__ = ["RAW_SEND", "Outbound", "RawSend", "attach", "raw_send", "server_of", "socket_counter"]
 

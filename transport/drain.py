@@ -32,8 +32,8 @@ from collections.abc import Callable, Collection, Mapping
 from types import FrameType
 from typing import Any, Protocol
 
-from transport.asgi import RAW_SEND
-from transport.uvicorn import drop_connection
+from .asgi import RAW_SEND
+from .uvicorn import drop_connection
 
 log = logging.getLogger("realtime.drain")
 

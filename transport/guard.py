@@ -35,7 +35,7 @@ from typing import Any
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from settings import Settings, open_file_limit
+from ..settings import Settings, open_file_limit
 
 log = logging.getLogger("realtime.guard")
 

@@ -38,7 +38,7 @@ from starlette.types import Receive
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
-from transport.asgi import DirectWrite
+from .asgi import DirectWrite
 
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol

@@ -27,7 +27,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from store.errors import StoreUnavailable
+from ...store.errors import StoreUnavailable
 
 log = logging.getLogger("realtime.chat_notices")
 

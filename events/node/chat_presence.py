@@ -30,11 +30,11 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.node import redis_client
-from events.node.redis_client import RedisClients, namespace
-from settings import Settings
-from store import rooms
-from store.db import Db
+from ...settings import Settings
+from ...store import rooms
+from ...store.db import Db
+from . import redis_client
+from .redis_client import RedisClients, namespace
 
 
 class Member(Protocol):

@@ -12,13 +12,13 @@ from datetime import UTC, datetime
 from hashlib import sha256
 from typing import Any
 
-from events.node import agora as rtc
-from events.node import topics
-from events.node.node import Runtime
-from events.protocol import consultation as frames
-from settings import Settings
-from store import consultations
-from store.consultations import Consultation
+from ...settings import Settings
+from ...store import consultations
+from ...store.consultations import Consultation
+from ..protocol import consultation as frames
+from . import agora as rtc
+from . import topics
+from .node import Runtime
 
 log = logging.getLogger("realtime.consultation")
 

@@ -12,10 +12,10 @@ import asyncio
 import contextlib
 import logging
 
-from events.node import topics
-from events.node.hub import Delivery
-from events.node.node import Runtime
-from store.errors import StoreError
+from ...store.errors import StoreError
+from . import topics
+from .hub import Delivery
+from .node import Runtime
 
 log = logging.getLogger("realtime.control")
 

@@ -31,8 +31,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from events.node import topics
-from events.node.broker import GAP, Broker, is_gap
+from . import topics
+from .broker import GAP, Broker, is_gap
 
 log = logging.getLogger("realtime.bus")
 

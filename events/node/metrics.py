@@ -18,11 +18,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from events.node import topics
-from events.node.hub import Delivery, Hub
-from events.protocol.frames import BadFrame, Decoded
-from store.db import Db
-from transport import socket_counter
+from ...store.db import Db
+from ...transport import socket_counter
+from ..protocol.frames import BadFrame, Decoded
+from . import topics
+from .hub import Delivery, Hub
 
 
 class Watched(Protocol):

@@ -16,21 +16,21 @@ from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from events.node import notify, topics
-from events.node.auth import Identity, TokenVerifier
-from events.node.chat_notices import ChatNotices
-from events.node.hub import Delivery, Hub
-from events.node.limits import TokenBucket
-from events.node.metrics import Metrics
-from events.node.presence import PresenceManager
-from events.node.redis_client import RedisClients
-from events.node.revocation import Revocations
-from events.node.session import SessionCookies
-from events.node.socket_slots import LocalSlots, SocketSlots
-from settings import Settings
-from store import messages, rooms, streams, users
-from store.db import Db
-from store.notifications import Created, Kind
+from ...settings import Settings
+from ...store import messages, rooms, streams, users
+from ...store.db import Db
+from ...store.notifications import Created, Kind
+from . import notify, topics
+from .auth import Identity, TokenVerifier
+from .chat_notices import ChatNotices
+from .hub import Delivery, Hub
+from .limits import TokenBucket
+from .metrics import Metrics
+from .presence import PresenceManager
+from .redis_client import RedisClients
+from .revocation import Revocations
+from .session import SessionCookies
+from .socket_slots import LocalSlots, SocketSlots
 
 
 class Socket(Protocol):

@@ -10,13 +10,13 @@ import asyncio
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from events.node import topics
-from events.node.chat_notices import ChatNotices, Window
-from events.node.hub import Delivery, Hub
-from events.node.presence import PresenceManager
-from store import notifications
-from store.db import Db
-from store.notifications import Created, Kind
+from ...store import notifications
+from ...store.db import Db
+from ...store.notifications import Created, Kind
+from . import topics
+from .chat_notices import ChatNotices, Window
+from .hub import Delivery, Hub
+from .presence import PresenceManager
 
 
 class Runtime(Protocol):

@@ -29,10 +29,10 @@ from typing import Any, Protocol
 
 from redis.asyncio import Redis
 
-from events.node import redis_client
-from events.node.chat_presence import ChatPresence
-from events.node.redis_client import RedisClients, namespace
-from settings import Settings
+from ...settings import Settings
+from . import redis_client
+from .chat_presence import ChatPresence
+from .redis_client import RedisClients, namespace
 
 Participant = dict[str, Any]  # {id, name, type, joined_at}
 

@@ -25,7 +25,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 # The event put into the stream after a reconnect: messages published while
 # the link was down were not received. The hub defines it.
-from events.node.broker import GAP, Event
+from .broker import GAP, Event
 
 __all__ = ["GAP", "BrokerUnavailable", "RedisBackend"]
 

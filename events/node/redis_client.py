@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from settings import Settings
+from ...settings import Settings
 
 # Every command gives up after this: presence and slots degrade, they never hang a socket.
 IO_TIMEOUT = 2.0

@@ -9,9 +9,9 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from settings import Settings
-from store import retention
-from store.db import Db
+from ...settings import Settings
+from ...store import retention
+from ...store.db import Db
 
 log = logging.getLogger("realtime.retention")
 

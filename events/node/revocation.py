@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 
-from events.node.auth import Identity
-from store import revocations
-from store.db import Db
+from ...store import revocations
+from ...store.db import Db
+from .auth import Identity
 
 TTL = 60.0
 MAX_CACHED = 100_000  # users; past that the cache starts over

@@ -23,10 +23,10 @@ from typing import Protocol
 
 from redis.asyncio import Redis
 
-from events.node import consultation_rules, redis_client
-from events.node.node import Runtime
-from events.node.redis_client import namespace
-from store import consultations
+from ...store import consultations
+from . import consultation_rules, redis_client
+from .node import Runtime
+from .redis_client import namespace
 
 log = logging.getLogger("realtime.scheduler")
 

@@ -24,7 +24,8 @@ from typing import Any
 import jwt
 from starlette.requests import HTTPConnection
 
-from events.node.auth import (
+from ...settings import Settings
+from .auth import (
     AuthError,
     Identity,
     TokenVerifier,
@@ -33,7 +34,6 @@ from events.node.auth import (
     explicit_token,
     identity_from,
 )
-from settings import Settings
 
 COOKIE = "realtime_session"
 ACCESS_EXP = "access_exp"

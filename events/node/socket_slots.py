@@ -28,9 +28,9 @@ from typing import Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from events.node import redis_client
-from events.node.redis_client import RedisClients, namespace
-from settings import Settings
+from ...settings import Settings
+from . import redis_client
+from .redis_client import RedisClients, namespace
 
 log = logging.getLogger("realtime.socket_slots")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from store import streams
+from ...store import streams
 
 # The shape of a room, consultation or file id in a path or a topic name.
 ID = re.compile(r"[A-Za-z0-9_-]{1,64}")

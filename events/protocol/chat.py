@@ -7,7 +7,7 @@ from urllib.parse import unquote
 
 from msgspec import Meta
 
-from events.protocol.frames import COMMON, ClientMsgId, Frame, Id, Sync
+from .frames import COMMON, ClientMsgId, Frame, Id, Sync
 
 MAX_CONTENT = 10_000
 

@@ -7,8 +7,8 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from events.protocol.frames import COMMON, Frame, Id
-from events.protocol.outbound import encode
+from .frames import COMMON, Frame, Id
+from .outbound import encode
 
 MAX_REASON = 500
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta, Struct
 
-from events.protocol import errors
+from . import errors
 
 MAX_BATCH = 50
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from events.protocol.frames import COMMON, Frame, Id, Sync
-from events.protocol.outbound import encode
+from .frames import COMMON, Frame, Id, Sync
+from .outbound import encode
 
 
 class MarkRead(Frame):

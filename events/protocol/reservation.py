@@ -13,8 +13,8 @@ from typing import Annotated, Any
 
 from msgspec import Meta
 
-from events.protocol.frames import COMMON, ClientMsgId, Frame, Id
-from events.protocol.outbound import encode
+from .frames import COMMON, ClientMsgId, Frame, Id
+from .outbound import encode
 
 MAX_CHILD_NAME = 100
 MAX_SUMMARY = 2_000

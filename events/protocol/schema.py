@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from events.protocol import errors
+from . import errors
 
 Timestamp = Annotated[
     str,
