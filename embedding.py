@@ -9,8 +9,15 @@
 
     app = Starlette(routes=[..., Mount("/realtime", app=realtime.app)], lifespan=lifespan)
 
+    await realtime.put_user(42, "Minji")
+    room = await realtime.create_room([42, 7])
+    await realtime.publish(room["id"], "The consultation starts in 10 minutes")
     await realtime.notify([42], "payment", "Paid", "Order 7 is paid", action_url="/orders/7")
-    await realtime.publish("room-1", "The consultation starts in 10 minutes")
+    await realtime.room_presence(room["id"])   # members with the room open, on any process
+
+Every method checks its input as the server API's route does and then calls
+the same operation (events/node/operations.py), so a change made from Python
+reaches the sockets exactly as one made over HTTP.
 
 Starlette runs only the outermost app's lifespan, never a mounted app's: the
 host enters the realtime app's lifespan from its own (`Realtime.lifespan`, or
@@ -24,20 +31,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.applications import Starlette
 
+from .endpoints.api import RoomBody, UserBody, UserId
+from .endpoints.consultation_api import ConsultationBody, ReasonBody
 from .endpoints.notifications_api import NotificationBody
+from .events.node import operations, topics
 from .events.node.node import Runtime
 from .events.protocol.chat import ChatMessage
 from .events.protocol.notifications import safe_url
 from .server import create_app
 from .settings import Settings
-from .store.errors import NotFound
-
-SYSTEM = {"id": 0, "name": "System"}
+from .store import consultations
 
 
 @asynccontextmanager
@@ -68,6 +77,96 @@ class Realtime:
         runtime: Runtime = self.app.state.runtime
         return runtime
 
+    # ---- the Python API: what the server API offers, without HTTP ------------------
+    # Each method checks its input as the matching route does (bad input raises
+    # `ValueError` and stores nothing), then calls the same operation
+    # (events/node/operations.py). An unknown room, user or consultation raises
+    # `store.errors.NotFound`, a refused change `Conflict` or `AccessEnded`.
+
+    async def put_user(
+        self, user_id: int, name: str, role: str = "client", profile_image: str | None = None
+    ) -> dict[str, Any]:
+        """Create or update a user's profile (`PUT /api/users/{id}`)."""
+        data = _checked(UserBody, {"name": name, "role": role, "profile_image": profile_image})
+        return await operations.put_user(self.runtime, _user(user_id), data.name, data.role, data.profile_image)
+
+    async def get_user(self, user_id: int) -> dict[str, Any] | None:
+        return await operations.get_user(self.runtime, _user(user_id))
+
+    async def disconnect_user(self, user_id: int, *, revoke: bool = False) -> int | None:
+        """Close the user's sockets everywhere; with `revoke`, their tokens issued
+        until now stop working too (returns that moment in ms)."""
+        return await operations.disconnect_user(self.runtime, _user(user_id), revoke=revoke)
+
+    async def create_room(
+        self, member_ids: Iterable[int], room_id: str | None = None, consultation_id: str | None = None
+    ) -> dict[str, Any]:
+        """A chat room (`POST /api/rooms`): `{id, member_ids, consultation_id?}`."""
+        fields = {"member_ids": list(member_ids), "id": room_id, "consultation_id": consultation_id}
+        data = _checked(RoomBody, fields)
+        return await operations.create_room(self.runtime, data.member_ids, data.id, data.consultation_id)
+
+    async def room_members(self, room_id: str) -> list[int]:
+        return await operations.room_members(self.runtime, _room(room_id))
+
+    async def add_member(self, room_id: str, user_id: int) -> None:
+        await operations.add_member(self.runtime, _room(room_id), _user(user_id))
+
+    async def remove_member(self, room_id: str, user_id: int) -> None:
+        """Remove a member; their sockets on the room close at once, on every process."""
+        await operations.remove_member(self.runtime, _room(room_id), _user(user_id))
+
+    async def publish(
+        self,
+        room_id: str,
+        content: str,
+        *,
+        sender: dict[str, Any] | None = None,
+        user_id: int | None = None,
+        message_type: str = "text",
+        file_url: str | None = None,
+        file_name: str | None = None,
+        client_msg_id: str | None = None,
+    ) -> dict[str, Any]:
+        """Post a chat message into a room as if it was sent there: stored, then
+        `chat_message` to every member's sockets, and a notification to the
+        members away from the room. From `System` (user id 0), from a member
+        (`user_id`, who must be in the room), or from `sender` (`{id, name,
+        profile_image?}`). A repeated `client_msg_id` stores and sends nothing
+        and returns the original."""
+        fields = {
+            "content": content,
+            "message_type": message_type,
+            "file_url": file_url,
+            "file_name": file_name,
+            "client_msg_id": client_msg_id,
+        }
+        frame = _checked(ChatMessage, fields)
+        if user_id is not None and sender is not None:
+            raise ValueError("give at most one of `user_id` and `sender`")
+        posted = await operations.post_message(
+            self.runtime,
+            _room(room_id),
+            frame.content,
+            user_id=None if user_id is None else _user(user_id),
+            sender=sender,
+            message_type=frame.message_type,
+            file_url=frame.file_url,
+            file_name=frame.file_name,
+            client_msg_id=frame.client_msg_id,
+        )
+        return posted.message
+
+    async def history(
+        self, room_id: str, before_seq: int | None = None, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A room's messages before `before_seq` (the newest without it), oldest first, and whether there are older."""
+        if before_seq is not None and (type(before_seq) is not int or before_seq < 1):
+            raise ValueError("`before_seq` must be a positive integer")
+        if type(limit) is not int or not 1 <= limit <= MAX_HISTORY:
+            raise ValueError(f"`limit` must be an integer from 1 to {MAX_HISTORY}")
+        return await operations.history(self.runtime, _room(room_id), before_seq, limit)
+
     async def notify(
         self,
         user_ids: Iterable[int],
@@ -82,10 +181,7 @@ class Realtime:
         does: bad input raises `ValueError` and stores nothing."""
         users = list(user_ids)
         fields = {"type": type, "title": title, "body": body, "user_ids": users, "action_url": action_url}
-        try:
-            checked = msgspec.convert(fields, NotificationBody)
-        except msgspec.ValidationError as exc:
-            raise ValueError(str(exc)) from None
+        checked = _checked(NotificationBody, fields)
         if not checked.title.strip():
             raise ValueError("`title` must not be blank")
         if checked.action_url is not None and not safe_url(checked.action_url):
@@ -93,45 +189,87 @@ class Realtime:
         created = await self.runtime.notify(users, checked.type, checked.title, checked.body, checked.action_url)
         return [{"user_id": c.user_id, "seq": c.seq, "notification": c.notification} for c in created]
 
-    async def publish(
+    async def create_consultation(
         self,
-        room_id: str,
-        content: str,
+        expert_id: int,
+        client_id: int,
         *,
-        sender: dict[str, Any] | None = None,
-        message_type: str = "text",
-        file_url: str | None = None,
-        file_name: str | None = None,
-        client_msg_id: str | None = None,
+        consultation_id: str | None = None,
+        scheduled_start: datetime | None = None,
+        duration_minutes: int = consultations.DEFAULT_MINUTES,
     ) -> dict[str, Any]:
-        """Post a chat message into a room as if it was sent there: stored, then
-        `chat_message` to every member's sockets, and a notification to the
-        members away from the room. From `System` (user id 0) unless `sender`
-        (`{id, name, profile_image?}`) says otherwise. A repeated
-        `client_msg_id` stores and sends nothing and returns the original.
-        Bad input raises `ValueError`, an unknown room `store.errors.NotFound`."""
+        """Book a consultation (`POST /api/consultations`); a naive `scheduled_start` is UTC."""
         fields = {
-            "content": content,
-            "message_type": message_type,
-            "file_url": file_url,
-            "file_name": file_name,
-            "client_msg_id": client_msg_id,
+            "expert_id": expert_id,
+            "client_id": client_id,
+            "id": consultation_id,
+            "scheduled_start": scheduled_start,
+            "duration_minutes": duration_minutes,
         }
-        try:
-            frame = msgspec.convert(fields, ChatMessage)
-        except msgspec.ValidationError as exc:
-            raise ValueError(str(exc)) from None
-        rt = self.runtime
-        if not await rt.room_exists(room_id):
-            raise NotFound("no such room")
-        author = dict(sender or SYSTEM)
-        posted = await rt.post_message(
-            room_id,
-            author,
-            frame.content,
-            frame.message_type,
-            frame.file_url,
-            frame.file_name,
-            frame.client_msg_id,
+        data = _checked(ConsultationBody, fields)
+        scheduled = None
+        if data.scheduled_start is not None:
+            start = data.scheduled_start
+            scheduled = consultations.iso(start if start.tzinfo else start.replace(tzinfo=UTC))
+        c = await operations.create_consultation(
+            self.runtime,
+            data.expert_id,
+            data.client_id,
+            consultation_id=data.id,
+            scheduled_start=scheduled,
+            duration_minutes=data.duration_minutes,
         )
-        return posted.message
+        return c.record()
+
+    async def get_consultation(self, consultation_id: str) -> dict[str, Any]:
+        return (await operations.get_consultation(self.runtime, _room(consultation_id))).record()
+
+    async def start_consultation(self, consultation_id: str) -> dict[str, Any]:
+        """Start it now; both participants' sockets get `consultation_started`."""
+        return (await operations.start_consultation(self.runtime, _room(consultation_id))).record()
+
+    async def end_consultation(self, consultation_id: str, reason: str | None = None) -> dict[str, Any]:
+        data = _checked(ReasonBody, {"reason": reason})
+        return (await operations.end_consultation(self.runtime, _room(consultation_id), data.reason)).record()
+
+    async def cancel_consultation(self, consultation_id: str, reason: str | None = None) -> dict[str, Any]:
+        data = _checked(ReasonBody, {"reason": reason})
+        return (await operations.cancel_consultation(self.runtime, _room(consultation_id), data.reason)).record()
+
+    async def room_presence(self, room_id: str) -> list[int]:
+        """The room's members with a chat socket open on it, on any process."""
+        return await operations.room_presence(self.runtime, _room(room_id))
+
+    async def consultation_presence(self, consultation_id: str) -> list[dict[str, Any]]:
+        """The consultation's participants present now, on any process (`{id, name, type, joined_at}`)."""
+        return await operations.consultation_presence(self.runtime, _room(consultation_id))
+
+    def sockets(self, user_id: int) -> list[dict[str, Any]]:
+        """The user's sockets open in this process (`{channel, access, opened_at}`)."""
+        return operations.local_sockets(self.runtime, _user(user_id))
+
+
+MAX_HISTORY = 100
+S = TypeVar("S", bound=msgspec.Struct)
+
+
+def _checked(kind: type[S], fields: dict[str, Any]) -> S:
+    """`fields` as the route's struct, or `ValueError` with msgspec's reason."""
+    try:
+        return msgspec.convert(fields, kind)
+    except msgspec.ValidationError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _user(user_id: int) -> int:
+    try:
+        return msgspec.convert(user_id, UserId)
+    except msgspec.ValidationError:
+        raise ValueError(f"user ids are integers from 1 to 2**63-1, not {user_id!r}") from None
+
+
+def _room(room_id: str) -> str:
+    """A room or consultation id as the routes take it (`[A-Za-z0-9_-]{1,64}`)."""
+    if not isinstance(room_id, str) or not topics.ID.fullmatch(room_id):
+        raise ValueError(f"ids are 1 to 64 of A-Z a-z 0-9 _ -, not {room_id!r}")
+    return room_id

@@ -7,9 +7,8 @@ key they answer 503, so an unconfigured server never exposes them.
 from __future__ import annotations
 
 import hmac
-import time
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 import msgspec
 from msgspec import Meta, Struct
@@ -17,11 +16,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..events.node import control, topics
+from ..events.node import operations, topics
 from ..events.node.node import Runtime
 from ..events.protocol.frames import has_nul
-from ..store import revocations, rooms, users
-from ..store.db import new_id
 from ..store.errors import StoreError, StoreUnavailable
 
 UserId = Annotated[int, Meta(ge=1, le=2**63 - 1)]
@@ -126,33 +123,26 @@ def path_room(request: Request) -> str:
 async def put_user(request: Request, rt: Runtime) -> Response:
     user_id = path_user(request)
     data = await body(request, UserBody)
-    await users.upsert(rt.db, user_id, data.name, data.role, data.profile_image)
-    return JSONResponse({"user": {"id": user_id, **msgspec.to_builtins(data)}})
+    user = await operations.put_user(rt, user_id, data.name, data.role, data.profile_image)
+    return JSONResponse({"user": user})
 
 
 @service
 async def post_room(request: Request, rt: Runtime) -> Response:
     data = await body(request, RoomBody)
-    room_id = data.id or new_id()
-    await rooms.create(rt.db, room_id, data.member_ids, data.consultation_id)
-    room: dict[str, Any] = {"id": room_id, "member_ids": sorted(set(data.member_ids))}
-    if data.consultation_id:
-        room["consultation_id"] = data.consultation_id
+    room = await operations.create_room(rt, data.member_ids, data.id, data.consultation_id)
     return JSONResponse({"room": room}, status_code=201)
 
 
 @service
 async def put_member(request: Request, rt: Runtime) -> Response:
-    await rooms.add_member(rt.db, path_room(request), path_user(request))
+    await operations.add_member(rt, path_room(request), path_user(request))
     return Response(status_code=204)
 
 
 @service
 async def delete_member(request: Request, rt: Runtime) -> Response:
-    room_id, user_id = path_room(request), path_user(request)
-    await rooms.remove_member(rt.db, room_id, user_id)
-    # Committed first: a frame of theirs that gets past this is refused by the store.
-    await control.end_access(rt, user_id, topics.chat_access(room_id))
+    await operations.remove_member(rt, path_room(request), path_user(request))
     return Response(status_code=204)
 
 
@@ -161,11 +151,9 @@ async def disconnect_user(request: Request, rt: Runtime) -> Response:
     user_id = path_user(request)
     # The body is optional: no body is `{"revoke": false}`.
     data = await body(request, DisconnectBody) if (await request.body()).strip() else DisconnectBody()
-    if not data.revoke:
-        await control.disconnect(rt, user_id)
+    before = await operations.disconnect_user(rt, user_id, revoke=data.revoke)
+    if before is None:
         return JSONResponse({"user_id": user_id, "revoked": False}, status_code=202)
-    before = await revocations.revoke(rt.db, user_id, int(time.time() * 1000))
-    await control.revoke(rt, user_id, before)
     # The moment, for the caller: `iat` is in whole seconds, so a token minted
     # in the same second is refused too; the backend mints new ones after it.
     return JSONResponse({"user_id": user_id, "revoked": True, "revoked_before": before}, status_code=202)

@@ -12,11 +12,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ..events.node import consultation_rules, topics
+from ..events.node import operations, topics
 from ..events.node.node import Runtime
 from ..events.protocol.consultation import MAX_REASON
 from ..store import consultations
-from ..store.db import new_id
 from .api import ApiError, RoomId, UserId, body, service
 
 MAX_MINUTES = 24 * 60
@@ -55,48 +54,45 @@ def answer(c: consultations.Consultation, status: int = 200) -> Response:
 @service
 async def post_consultation(request: Request, rt: Runtime) -> Response:
     data = await body(request, ConsultationBody)
-    if data.expert_id == data.client_id:
-        raise ApiError(400, "invalid_payload", "expert_id and client_id must be different users")
     scheduled = None
     if data.scheduled_start is not None:
         start = data.scheduled_start
         # A time without an offset is taken as UTC, as every time in this protocol.
         scheduled = consultations.iso(start if start.tzinfo else start.replace(tzinfo=UTC))
-    c = await consultations.create(
-        rt.db, data.id or new_id(), data.expert_id, data.client_id, scheduled, data.duration_minutes
-    )
+    try:
+        c = await operations.create_consultation(
+            rt,
+            data.expert_id,
+            data.client_id,
+            consultation_id=data.id,
+            scheduled_start=scheduled,
+            duration_minutes=data.duration_minutes,
+        )
+    except ValueError as exc:
+        raise ApiError(400, "invalid_payload", str(exc)) from None
     return answer(c, 201)
 
 
 @service
 async def get_consultation(request: Request, rt: Runtime) -> Response:
-    c = await consultations.get(rt.db, path_consultation(request))
-    if c is None:
-        raise ApiError(404, "not_found", "no such consultation")
-    return answer(c)
+    return answer(await operations.get_consultation(rt, path_consultation(request)))
 
 
 @service
 async def start(request: Request, rt: Runtime) -> Response:
-    c = await consultations.start(rt.db, path_consultation(request), None)
-    await consultation_rules.announce_started(rt, c)
-    return answer(c)
+    return answer(await operations.start_consultation(rt, path_consultation(request)))
 
 
 @service
 async def end(request: Request, rt: Runtime) -> Response:
     consultation_id = path_consultation(request)
-    c = await consultations.end(rt.db, consultation_id, None, await reason(request) or "ended_by_platform")
-    await consultation_rules.announce_ended(rt, c)
-    return answer(c)
+    return answer(await operations.end_consultation(rt, consultation_id, await reason(request)))
 
 
 @service
 async def cancel(request: Request, rt: Runtime) -> Response:
     consultation_id = path_consultation(request)
-    c = await consultations.cancel(rt.db, consultation_id, None, await reason(request))
-    await consultation_rules.announce_cancelled(rt, c)
-    return answer(c)
+    return answer(await operations.cancel_consultation(rt, consultation_id, await reason(request)))
 
 
 routes = [

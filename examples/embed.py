@@ -52,6 +52,20 @@ def build(settings: Settings) -> tuple[Starlette, Realtime]:
         )
         return JSONResponse({"notifications": created})
 
+    async def booking_confirmed(request: Request) -> Response:
+        # The host's own booking flow: the consultation and its chat room, made from Python.
+        data = await request.json()
+        try:
+            booking = await realtime.create_consultation(
+                data["expert_id"], data["client_id"], consultation_id=request.path_params["booking_id"]
+            )
+            room = await realtime.create_room(
+                [data["expert_id"], data["client_id"]], room_id=booking["id"], consultation_id=booking["id"]
+            )
+        except ValueError as exc:
+            return JSONResponse({"error": "invalid_payload", "message": str(exc)}, status_code=400)
+        return JSONResponse({"consultation": booking, "room": room}, status_code=201)
+
     async def announce(request: Request) -> Response:
         data = await request.json()
         try:
@@ -72,6 +86,7 @@ def build(settings: Settings) -> tuple[Starlette, Realtime]:
         routes=[
             Route("/", home),
             Route("/orders/{order_id}/paid", order_paid, methods=["POST"]),
+            Route("/bookings/{booking_id}/confirmed", booking_confirmed, methods=["POST"]),
             Route("/announce", announce, methods=["POST"]),
             Mount("/realtime", app=realtime.app),
         ],

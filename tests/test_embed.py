@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from realtime.embedding import Realtime
-from realtime.store.errors import NotFound
+from realtime.store.errors import Forbidden, NotFound
 from tests.conftest import SERVICE_KEY, base_settings, token, ws
 from tests.conftest import serving as serve_app
 
@@ -106,6 +106,17 @@ async def test_the_host_notifies_and_posts_from_python(host: tuple[str, Realtime
             posted = await client.post("/announce", json={"room_id": "r", "content": "maintenance at noon"})
             assert posted.status_code == 201
             assert (await chat.expect("chat_message"))["message"]["content"] == "maintenance at noon"
+            # A room the host made from Python, announced into.
+            booked = await client.post("/bookings/b7/confirmed", json={"expert_id": 1, "client_id": 2})
+            assert booked.status_code == 201 and booked.json()["room"]["member_ids"] == [1, 2]
+            assert (
+                await client.post("/bookings/b8/confirmed", json={"expert_id": 1, "client_id": 1})
+            ).status_code == 400
+            async with ws(f"ws://{address}/realtime/ws/chat/b7/?token={token(2)}") as booked_chat:
+                await booked_chat.expect("message_history")
+                posted = await client.post("/announce", json={"room_id": "b7", "content": "see you at 3"})
+                assert posted.status_code == 201
+                assert (await booked_chat.expect("chat_message"))["message"]["content"] == "see you at 3"
             assert (await client.post("/announce", json={"room_id": "nope", "content": "x"})).status_code == 404
 
 
@@ -151,3 +162,105 @@ async def test_bad_calls_raise_and_store_nothing(host: tuple[str, Realtime]) -> 
     async with ws(f"ws://{address}/realtime/ws/notifications/?token={token(1)}") as again:
         snapshot = await again.expect("bulk_update")
         assert snapshot["notifications"] == [] and snapshot["unread_count"] == 0
+
+
+async def test_the_python_api_covers_users_rooms_members_consultations_and_presence(
+    host: tuple[str, Realtime],
+) -> None:
+    """Everything the server API does, from Python, reaching the sockets the same way."""
+    address, realtime = host
+    assert await realtime.put_user(1, "Dr. Kim", "expert") == {
+        "id": 1,
+        "name": "Dr. Kim",
+        "role": "expert",
+        "profile_image": None,
+    }
+    await realtime.put_user(2, "Minji")
+    assert (await realtime.get_user(2))["name"] == "Minji"
+    assert await realtime.get_user(99) is None
+    room = await realtime.create_room([2, 1, 2], room_id="r2")
+    assert room == {"id": "r2", "member_ids": [1, 2]}
+    assert await realtime.room_members("r2") == [1, 2]
+    assert await realtime.room_presence("r2") == []
+
+    async with ws(f"ws://{address}/realtime/ws/chat/r2/?token={token(1)}") as kim:
+        await kim.expect("message_history")
+        assert await realtime.room_presence("r2") == [1]
+        [socket] = realtime.sockets(1)
+        assert socket["channel"] == "chat" and socket["opened_at"] > 0
+
+        # As a member: their stored profile, delivered as a socket message is.
+        message = await realtime.publish("r2", "hello from the backend", user_id=2, client_msg_id="m1")
+        assert message["sender"]["id"] == 2 and message["sender"]["name"] == "Minji"
+        assert (await kim.expect("chat_message"))["message"] == message
+        # Not a member: refused, nothing stored or sent.
+        with pytest.raises(Forbidden):
+            await realtime.publish("r2", "not mine", user_id=3)
+        await realtime.add_member("r2", 3)
+        assert await realtime.room_members("r2") == [1, 2, 3]
+        await realtime.publish("r2", "now mine", user_id=3)
+        assert (await kim.expect("chat_message"))["message"]["content"] == "now mine"
+        messages, more = await realtime.history("r2")
+        assert [m["content"] for m in messages] == ["hello from the backend", "now mine"] and not more
+        older, more = await realtime.history("r2", before_seq=messages[1]["seq"], limit=1)
+        assert [m["content"] for m in older] == ["hello from the backend"] and not more
+
+        # Removing a member closes their socket on the room at once.
+        await realtime.remove_member("r2", 1)
+        assert await kim.closed() == 4003
+    assert await realtime.room_members("r2") == [2, 3]
+
+    booked = await realtime.create_consultation(1, 2, consultation_id="c1", duration_minutes=30)
+    assert booked["status"] == "waiting" and booked["duration_minutes"] == 30
+    async with ws(f"ws://{address}/realtime/ws/consultation/c1/?token={token(1, name='Dr. Kim')}") as expert:
+        assert (await expert.expect("consultation_status"))["status_data"]["status"] == "waiting"
+        [present] = await realtime.consultation_presence("c1")
+        assert present["id"] == 1
+        started = await realtime.start_consultation("c1")
+        assert started["status"] == "in_progress"
+        await expert.expect("consultation_started")
+        ended = await realtime.end_consultation("c1", "the backend ended it")
+        assert ended["status"] == "completed"
+        assert (await expert.expect("consultation_ended"))["reason"] == "the backend ended it"
+    assert (await realtime.get_consultation("c1"))["status"] == "completed"
+    cancelled = await realtime.create_consultation(1, 2)
+    assert (await realtime.cancel_consultation(cancelled["id"]))["status"] == "cancelled"
+
+    revoked_before = await realtime.disconnect_user(2, revoke=True)
+    assert isinstance(revoked_before, int)
+    assert await realtime.disconnect_user(2) is None
+
+
+async def test_bad_python_api_calls_raise_and_change_nothing(host: tuple[str, Realtime]) -> None:
+    _, realtime = host
+    await realtime.create_room([1], room_id="r3")
+    bad_calls: list[Any] = [
+        realtime.put_user(0, "x"),
+        realtime.put_user(1, ""),
+        realtime.put_user(1, "x", role="admin"),
+        realtime.create_room(["one"]),  # type: ignore[list-item]
+        realtime.create_room([1], room_id="no spaces"),
+        realtime.add_member("r3", -1),
+        realtime.add_member("../r3", 1),
+        realtime.history("r3", limit=0),
+        realtime.history("r3", before_seq=0),
+        realtime.create_consultation(1, 1),
+        realtime.create_consultation(1, 2, duration_minutes=0),
+        realtime.end_consultation("c1", "x" * 10_000),
+        realtime.publish("r3", "x", user_id=1, sender={"id": 1, "name": "x"}),
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            await call
+    for missing in (
+        realtime.room_members("nope"),
+        realtime.history("nope"),
+        realtime.room_presence("nope"),
+        realtime.get_consultation("nope"),
+        realtime.start_consultation("nope"),
+        realtime.consultation_presence("nope"),
+    ):
+        with pytest.raises(NotFound):
+            await missing
+    assert await realtime.get_user(1) is None
+    assert await realtime.room_members("r3") == [1]

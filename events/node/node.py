@@ -41,6 +41,8 @@ class Socket(Protocol):
 
     def close_for(self, code: int, reason: str) -> None: ...
 
+    def describe(self) -> dict[str, Any]: ...
+
 
 class AddressLimit(Protocol):
     """The count of connections not yet accepted per client address (the guard's)."""
