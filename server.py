@@ -203,7 +203,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         pruner = app.state.pruner = Pruner(settings, db)
         pruner.start()
         try:
-            # The lifespan state reaches `--http transport.guard:http_protocol` through uvicorn.
+            # The lifespan state reaches `--http realtime.transport.guard:http_protocol` through uvicorn.
             yield guard.state(settings, runtime.pending_per_address)
         finally:
             drain.uninstall()

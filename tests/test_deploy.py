@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from tests.procs import Proc, ready
 ROOT = Path(__file__).resolve().parent.parent
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
 RUNTIME_MODULES = ["server.py", "settings.py", "logconfig.py", "embedding.py", "endpoints", "events", "store"]
-RUNTIME_MODULES.append("supervisor.py")  # the image's command loads it through logging.json
+RUNTIME_MODULES += ["transport", "supervisor.py"]  # the image's command loads them (--http, logging.json)
 
 
 def instruction(name: str) -> str:
@@ -47,14 +48,32 @@ def test_the_image_installs_every_distribution_the_server_imports() -> None:
     runtime_part = requirements.split("# Tests and checks", 1)[0]
     installed = {normalized(line.split("==")[0]) for line in runtime_part.splitlines() if "==" in line}
     imported: set[str] = set()
-    files = [p for entry in RUNTIME_MODULES for p in sorted((ROOT / entry).glob("*.py") if "." not in entry else [])]
-    files += [ROOT / entry for entry in RUNTIME_MODULES if entry.endswith(".py")]
-    for path in files:
-        imported |= set(re.findall(r"^(?:from|import) (\w+)", path.read_text(), re.MULTILINE))
+    for path in runtime_files():
+        imported |= set(re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.MULTILINE))
     distributions = packages_distributions()
     third_party = {normalized(d) for name in imported for d in distributions.get(name, [])}
     assert third_party, imported
-    assert third_party <= installed, third_party - installed
+    # click: supervisor.py reads uvicorn's command line, and uvicorn brings it.
+    assert third_party - {"click"} <= installed, third_party - installed
+
+
+def runtime_files() -> list[Path]:
+    files = [p for entry in RUNTIME_MODULES for p in sorted((ROOT / entry).rglob("*.py") if "." not in entry else [])]
+    return files + [ROOT / entry for entry in RUNTIME_MODULES if entry.endswith(".py")]
+
+
+def test_the_package_declares_every_distribution_the_server_imports() -> None:
+    """`pip install` of the package brings what its modules import (asyncpg is the `postgres` extra)."""
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    declared = [*project["dependencies"], *project["optional-dependencies"]["postgres"]]
+    names = {normalized(re.split(r"[\[<>=~!; ]", d, maxsplit=1)[0]) for d in declared}
+    imported: set[str] = set()
+    for path in runtime_files():
+        imported |= set(re.findall(r"^\s*(?:from|import) (\w+)", path.read_text(), re.MULTILINE))
+    distributions = packages_distributions()
+    third_party = {normalized(d) for name in imported for d in distributions.get(name, [])}
+    # PyJWT's RS*/ES* keys need cryptography, which its `crypto` extra brings.
+    assert third_party - {"cryptography", "click"} <= names, third_party - names
 
 
 def start_image_command(tmp_path: Path) -> tuple[Proc, dict[str, str]]:

@@ -8,7 +8,7 @@ it (slow headers, a half-sent upgrade, a TCP connection that sends nothing)
 holds a socket and a file descriptor that no middleware sees, and uvicorn
 0.54 has no deadline for it (`timeout_keep_alive` runs only between
 requests). So this module is the HTTP protocol uvicorn builds for each
-connection (`--http transport.guard:http_protocol`): it builds uvicorn's own
+connection (`--http realtime.transport.guard:http_protocol`): it builds uvicorn's own
 protocol (`--http auto`: h11, or httptools if installed) inside, hands it a
 transport that reports writes and the switch to the WebSocket protocol, and
 after the handshake steps out of the data path. It reads only bytes on the
