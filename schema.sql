@@ -1,6 +1,8 @@
--- One schema for SQLite and PostgreSQL: portable types only, timestamps as
--- ISO 8601 text in UTC, booleans as 0/1. Applied at start-up; every statement
--- is idempotent.
+-- Schema version 1 (store/migrate.py), one for SQLite and PostgreSQL: portable
+-- types only, timestamps as ISO 8601 text in UTC, booleans as 0/1. Every
+-- statement is idempotent: a database made by a server from before versions is
+-- brought to version 1 by running it once more. Frozen: a change of the schema
+-- is a new version in store/migrations/ (docs/deploy.md, "Schema migrations").
 
 CREATE TABLE IF NOT EXISTS users (
     id            BIGINT PRIMARY KEY,
@@ -182,7 +184,7 @@ CREATE TABLE IF NOT EXISTS stream_outbox (
 -- Retention (docs/retention.md). Columns added after the first release are
 -- added with `ADD COLUMN IF NOT EXISTS`: PostgreSQL runs it as it is; on
 -- SQLite, which lacks the clause, the store adds the column only when
--- `PRAGMA table_info` does not list it (store/db.py).
+-- `PRAGMA table_info` does not list it (store/migrate.py).
 -- When the event was written; old events are pruned by it. NULL (rows from
 -- before this column): the pruner stamps them with the time it first sees them.
 ALTER TABLE stream_events ADD COLUMN IF NOT EXISTS created_at TEXT;

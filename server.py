@@ -55,6 +55,7 @@ from .settings import Settings, SettingsError, from_env
 from .store import streams
 from .store.db import Db
 from .store.errors import StoreUnavailable
+from .store.migrate import MigrationError
 from .store.outbox import Outbox
 from .store.streams import StreamLog
 from .transport import guard
@@ -144,7 +145,10 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         db = Db(settings.database_url, busy_timeout=settings.store_busy_timeout)
-        await db.connect()
+        try:
+            await db.connect()
+        except MigrationError as exc:
+            raise SystemExit(f"realtime: DATABASE_URL={db.shown_url}: {exc}") from None
         await streams.ensure_table_epoch(db)
         if not redis_client.uses_redis(settings) and not await db.claim_sole_process():
             await db.disconnect()

@@ -41,6 +41,7 @@ from typing import IO, Any, Protocol, TypeVar
 
 import databases
 
+from . import migrate
 from .errors import StoreError, StoreUnavailable, is_transient, loses_connection
 
 log = logging.getLogger("realtime.store")
@@ -48,7 +49,6 @@ log = logging.getLogger("realtime.store")
 T = TypeVar("T")
 Row = Sequence[Any]
 
-SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -58,8 +58,7 @@ SQLITE_PRAGMAS = (
     # 125-message group commit.
     "PRAGMA wal_autocheckpoint=10000",
 )
-# Any fixed number: serializes schema creation between processes on PostgreSQL.
-SCHEMA_LOCK_KEY = 7_202_611
+# Any fixed number (store/migrate.py's lock is 7_202_611).
 SOLE_PROCESS_KEY = 7_202_612
 MAX_BATCH = 512
 BUSY_TIMEOUT = 10.0  # seconds SQLite waits for another connection's lock (STORE_BUSY_TIMEOUT)
@@ -99,6 +98,7 @@ def new_ids(count: int) -> list[str]:
 class Runner(Protocol):
     # True on the writer when the broker can fail: stream events get outbox rows (store/outbox.py).
     outbox: bool
+    raw: Any  # the driver's connection (aiosqlite's, asyncpg's)
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
@@ -507,11 +507,6 @@ def _flock(path: str) -> IO[str] | None:
     return handle
 
 
-def schema_statements(text: str) -> list[str]:
-    lines = [line for line in text.splitlines() if not line.strip().startswith("--")]
-    return [stmt.strip() for stmt in "\n".join(lines).split(";") if stmt.strip()]
-
-
 class Held:
     """A connection from `databases`, held open by a task of its own.
 
@@ -584,49 +579,12 @@ class Held:
             self._task.cancel()
 
 
-# `ALTER TABLE t ADD COLUMN IF NOT EXISTS c ...`: PostgreSQL's clause, which SQLite lacks.
-ADD_COLUMN = re.compile(r"ALTER\s+TABLE\s+(\w+)\s+ADD\s+COLUMN\s+IF\s+NOT\s+EXISTS\s+(\w+)\b", re.IGNORECASE)
-
-
-async def _schema_execute(runner: Runner, stmt: str, is_sqlite: bool) -> None:
-    """One schema statement. An added column is added only when the table does
-    not have it yet (upgrading a database made by an older version): SQLite
-    has no `IF NOT EXISTS` there, and on PostgreSQL even a no-op ALTER TABLE
-    would wait for, then block, every query on a busy table at each start."""
-    match = ADD_COLUMN.match(stmt)
-    if match is None:
-        await runner.execute(stmt)
-        return
-    table, column = match.groups()
-
-    async def has_column() -> bool:
-        if not is_sqlite:
-            sql = (
-                "SELECT 1 FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = ? AND column_name = ?"
-            )
-            return await runner.fetch_one(sql, (table.lower(), column.lower())) is not None
-        rows = await runner.fetch_all(f"PRAGMA table_info({table})")
-        return column.lower() in {str(row[1]).lower() for row in rows}
-
-    if await has_column():
-        return
-    if not is_sqlite:
-        await runner.execute(stmt)
-        return
-    try:
-        await runner.execute(ADD_COLUMN.sub(f"ALTER TABLE {table} ADD COLUMN {column}", stmt, count=1))
-    except Exception:
-        # Another process starting on the same file may have added it meanwhile.
-        if not await has_column():
-            raise
-
-
 class Db:
     """The database of one server process."""
 
-    def __init__(self, url: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
+    def __init__(self, url: str, *, busy_timeout: float = BUSY_TIMEOUT, migrations: Path | None = None) -> None:
         self.url = url
+        self.migrations = migrations  # the schema's later versions (store/migrate.py; None: the package's)
         self.is_sqlite = url.startswith("sqlite")
         self.database = databases.Database(url)
         self.busy_timeout = busy_timeout
@@ -637,13 +595,24 @@ class Db:
         self._reader_lock = asyncio.Lock()
         self.writer: GroupCommitWriter | None = None
 
+    @property
+    def shown_url(self) -> str:
+        """DATABASE_URL as logs may show it: without its password."""
+        return str(self.database.url.obscure_password)
+
     async def connect(self) -> None:
+        """Connect and bring the schema to this version (`migrate.MigrationError`
+        when it cannot be: the store is then left disconnected)."""
         await self.database.connect()
+        try:
+            await self._migrate()
+        except BaseException:
+            await self.database.disconnect()
+            raise
         link = await self._open()
         # IMMEDIATE takes the write lock up front: a deferred transaction
         # that reads first can fail to upgrade when another process wrote.
         begin = "BEGIN IMMEDIATE" if self.is_sqlite else "BEGIN"
-        await self._apply_schema(link.runner)
         if self.is_sqlite:
             self._reader = await self._open()
         self.writer = GroupCommitWriter(link, self._open_writer, begin)
@@ -682,18 +651,15 @@ class Db:
                 log.error("another server process took this database's sole-process lock while the store was away")
         return held
 
-    async def _apply_schema(self, runner: Runner) -> None:
-        statements = schema_statements(SCHEMA.read_text())
-        if self.is_sqlite:
-            for stmt in statements:
-                await _schema_execute(runner, stmt, True)
-            return
-        await runner.execute(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})")
+    async def _migrate(self) -> None:
+        """On a connection of its own, given back afterwards: whatever session
+        state a migration sets (SQLite's foreign keys off for it, a `SET` in a
+        PostgreSQL file) never reaches the writer's."""
+        held = await self._open()
         try:
-            for stmt in statements:
-                await _schema_execute(runner, stmt, False)
+            await migrate.upgrade(held.runner, is_sqlite=self.is_sqlite, directory=self.migrations)
         finally:
-            await runner.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
+            await held.close()
 
     async def claim_sole_process(self) -> bool:
         """Take a lock that only one server process on this database can hold.

@@ -14,7 +14,7 @@ import asyncpg
 import pytest
 
 from realtime.settings import SettingsError, from_env
-from realtime.store.db import SCHEMA, schema_statements
+from realtime.store.migrate import SCHEMA, schema_statements
 from tests.conftest import Server, base_settings, chat, running, token, ws
 
 FAST = {"retention_interval": 0.2}
