@@ -41,13 +41,14 @@ from .endpoints.chat import ChatEndpoint
 from .endpoints.consultation import ConsultationEndpoint
 from .endpoints.notifications import NotificationsEndpoint
 from .endpoints.reservation import ReservationEndpoint
-from .events.node import control, metrics, presence, redis_client, socket_slots
+from .events.node import control, metrics, metrics_shared, presence, redis_client, socket_slots
 from .events.node.auth import TokenVerifier
 from .events.node.broker import Broker, MemoryBroker
 from .events.node.chat_notices import ChatNotices
 from .events.node.consultation_rules import describe_agora
 from .events.node.hub import Hub
 from .events.node.node import Runtime
+from .events.node.notification_texts import NotificationTexts
 from .events.node.retention import Pruner
 from .events.node.scheduler import Scheduler
 from .events.node.session import for_settings as session_cookies
@@ -139,8 +140,15 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     settings = settings.checked()
     if configure_logging:
         logconfig.configure(settings.log_level, settings.log_format)
+    texts = NotificationTexts.for_settings(settings)
+    shared_metrics = settings.prometheus_multiproc_dir
+    if shared_metrics is not None and not metrics_shared.active(shared_metrics):
+        raise SettingsError(
+            "PROMETHEUS_MULTIPROC_DIR: must be in the environment when the process starts "
+            "(prometheus_client reads it when it is first imported)"
+        )
     # Per app: several apps in one process (tests, embedding) keep their own numbers.
-    app_metrics = metrics.Metrics(CollectorRegistry())
+    app_metrics = metrics.Metrics(CollectorRegistry(), shared_metrics)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -176,6 +184,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             verifier,
             presence=presence.for_settings(settings, redis),
             chat_notices=ChatNotices(settings.chat_notification_window),
+            texts=texts,
             metrics=app_metrics,
             slots=socket_slots.for_settings(settings, redis),
             redis=redis,
@@ -189,6 +198,12 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             )
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
+        if settings.workers > 1 and shared_metrics is None:
+            log.warning(
+                "%d workers without PROMETHEUS_MULTIPROC_DIR: /metrics shows the worker that answers only "
+                "(run uvicorn with --log-config logging.json, or set it)",
+                settings.workers,
+            )
         commands = await control.listen(runtime)
         describe_agora(settings)
         if not settings.allowed_origins and not settings.dev_mode:
@@ -216,6 +231,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await pruner.stop()
             await runtime.chat_notices.close()
             await hub.stop()
+            await app_metrics.close()
             await runtime.presence.close()
             await runtime.slots.close()
             if redis is not None:

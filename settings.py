@@ -6,7 +6,9 @@ server turns it into a clean exit rather than a traceback.
 
 from __future__ import annotations
 
+import json
 import os
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,11 @@ LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 SYMMETRIC = ("HS256", "HS384", "HS512")
+# The notification texts shipped as package data, one JSON file per locale. The
+# reference locale's keys are the ones every locale (and NOTIFICATION_TEXTS) must
+# have, and its placeholders the only ones they may use.
+TEXTS_DIR = Path(__file__).resolve().parent / "events" / "node" / "texts"
+REFERENCE_LOCALE = "ko"
 
 
 class SettingsError(Exception):
@@ -82,6 +89,14 @@ class Settings:
     read_notification_retention_seconds: int = 30 * 86_400
     retention_interval: float = 60.0
     chat_notification_window: float = 1.0
+    # The texts of the notifications the server writes itself: a shipped locale,
+    # or the operator's own file of the same keys.
+    notification_locale: str = REFERENCE_LOCALE
+    notification_texts: Path | None = None
+    # prometheus_client's multiprocess mode: `/metrics` over every worker of a
+    # uvicorn supervisor (events/node/metrics_shared.py); prometheus_client
+    # itself reads the variable when it is imported.
+    prometheus_multiproc_dir: Path | None = None
 
     @property
     def jwt_key(self) -> str:
@@ -155,6 +170,14 @@ class Settings:
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
         if self.session_secret is not None and len(self.session_secret) < STRONG_SECRET_LENGTH:
             raise SettingsError(f"SESSION_SECRET: must be at least {STRONG_SECRET_LENGTH} characters")
+        self.notification_templates()
+        if self.prometheus_multiproc_dir is not None:
+            directory = self.prometheus_multiproc_dir
+            if not directory.is_dir() or not os.access(directory, os.W_OK | os.X_OK):
+                raise SettingsError(
+                    f"PROMETHEUS_MULTIPROC_DIR: {str(directory)!r} is not a writable directory "
+                    "(with --log-config logging.json, uvicorn's supervisor creates and empties it)"
+                )
         files = open_file_limit()
         if files is not None and self.max_connections > files:
             raise SettingsError(
@@ -162,6 +185,74 @@ class Settings:
                 f"got {self.max_connections}"
             )
         return self
+
+    def notification_templates(self) -> dict[str, str]:
+        """The notification texts' templates (NOTIFICATION_TEXTS, else NOTIFICATION_LOCALE's), checked."""
+        if self.notification_texts is not None:
+            return load_templates(self.notification_texts, "NOTIFICATION_TEXTS")
+        if self.notification_locale not in shipped_locales():
+            raise SettingsError(
+                f"NOTIFICATION_LOCALE: {self.notification_locale!r} is not one of {', '.join(shipped_locales())}"
+            )
+        return load_templates(TEXTS_DIR / f"{self.notification_locale}.json", "NOTIFICATION_LOCALE")
+
+
+def shipped_locales() -> list[str]:
+    return sorted(path.stem for path in TEXTS_DIR.glob("*.json"))
+
+
+def load_templates(path: Path, variable: str) -> dict[str, str]:
+    """A texts file: a JSON object with every key of the reference locale, each a
+    non-blank template whose `{placeholders}` are among the reference's for that key."""
+    reference_path = TEXTS_DIR / f"{REFERENCE_LOCALE}.json"
+    reference = _read_templates(reference_path, "NOTIFICATION_LOCALE")
+    templates = reference if path == reference_path else _read_templates(path, variable)
+    missing = sorted(set(reference) - set(templates))
+    if missing:
+        raise SettingsError(f"{variable}: {path} lacks {', '.join(missing)} (every key of {REFERENCE_LOCALE}.json)")
+    unknown = sorted(set(templates) - set(reference))
+    if unknown:
+        raise SettingsError(f"{variable}: {path} has unknown keys: {', '.join(unknown)}")
+    for key, template in templates.items():
+        try:
+            allowed = placeholders(reference[key])
+            extra = placeholders(template) - allowed
+        except ValueError as exc:
+            raise SettingsError(f"{variable}: {path}: {key}: {exc}") from None
+        if extra:
+            raise SettingsError(
+                f"{variable}: {path}: {key} uses {', '.join('{' + name + '}' for name in sorted(extra))}; "
+                f"it may use {', '.join('{' + name + '}' for name in sorted(allowed)) or 'no placeholder'}"
+            )
+    return templates
+
+
+def _read_templates(path: Path, variable: str) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"{variable}: cannot read {path}: {exc.strerror or exc}") from None
+    except ValueError as exc:
+        raise SettingsError(f"{variable}: {path} is not JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise SettingsError(f"{variable}: {path} is not a JSON object of texts")
+    for key, value in data.items():
+        if not isinstance(value, str) or not value.strip():
+            raise SettingsError(f"{variable}: {path}: {key} must be a non-blank string")
+    return data
+
+
+def placeholders(template: str) -> set[str]:
+    """The `{name}`s of a template (ValueError for a broken one, or a positional,
+    attribute, index or nested field: values are only ever passed by name)."""
+    names = set()
+    for _, name, spec, _ in string.Formatter().parse(template):
+        if name is None:
+            continue
+        if not name.isidentifier() or (spec and "{" in spec):
+            raise ValueError(f"{{{name}}} is not a plain {{name}} placeholder")
+        names.add(name)
+    return names
 
 
 def open_file_limit() -> int | None:
@@ -233,6 +324,9 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         chat_notification_window=reader.float(
             "CHAT_NOTIFICATION_WINDOW_SECONDS", Settings.chat_notification_window, minimum=0.05, maximum=60
         ),
+        notification_locale=(reader.str("NOTIFICATION_LOCALE") or Settings.notification_locale).lower(),
+        notification_texts=reader.path("NOTIFICATION_TEXTS"),
+        prometheus_multiproc_dir=reader.path("PROMETHEUS_MULTIPROC_DIR"),
     )
     return settings.checked()
 
@@ -244,6 +338,10 @@ class _Reader:
     def str(self, name: str) -> str | None:
         value = self.env.get(name, "").strip()
         return value or None
+
+    def path(self, name: str) -> Path | None:
+        value = self.str(name)
+        return Path(value) if value else None
 
     def csv(self, name: str) -> tuple[str, ...]:
         return tuple(part.strip() for part in self.env.get(name, "").split(",") if part.strip())

@@ -83,6 +83,12 @@ MEANINGS: dict[str, str] = {
     "READ_NOTIFICATION_RETENTION_SECONDS": "seconds a read notification is kept, counted from its creation",
     "RETENTION_INTERVAL_SECONDS": "seconds between pruning passes (small batches with pauses between)",
     "CHAT_NOTIFICATION_WINDOW_SECONDS": "seconds a room's chat notifications are gathered into one write (0.05 to 60)",
+    "NOTIFICATION_LOCALE": "texts of the notifications the server writes (reservations, chat): `ko` or `en` "
+    "(`events/node/texts/<locale>.json`)",
+    "NOTIFICATION_TEXTS": "path of a JSON file of your own texts instead, with every key of `ko.json` "
+    "(a missing key or an unknown placeholder stops start-up)",
+    "PROMETHEUS_MULTIPROC_DIR": "directory where every worker's metrics meet, so `/metrics` sums them; emptied at "
+    "start-up; unset with `--workers` above 1, a temporary one (see Health, metrics)",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}

@@ -1,4 +1,5 @@
-"""`GET /metrics`: the Node's Prometheus registry (events/node/metrics.py) in the format the scraper asks for."""
+"""`GET /metrics`: the Node's Prometheus metrics (events/node/metrics.py), this process's or, with
+PROMETHEUS_MULTIPROC_DIR, every worker's, in the format the scraper asks for."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ async def metrics(request: Request) -> Response:
     encode, content_type = choose_encoder(request.headers.get("accept", ""))
     # Counted here, not in the collector: collectors cannot await the store.
     await rt.hub.measure_backlog()
-    return Response(encode(rt.metrics.registry), headers={"Content-Type": content_type})
+    rt.metrics.before_scrape()
+    return Response(encode(rt.metrics.exposed), headers={"Content-Type": content_type})
 
 
 routes = [Route("/metrics", metrics)]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -60,9 +60,15 @@ class Proc:
         return self.popen.wait(timeout)
 
 
-def start(env: Mapping[str, str], log: Path, port: int | None = None, open_files: int | None = None) -> Proc:
+def start(
+    env: Mapping[str, str],
+    log: Path,
+    port: int | None = None,
+    open_files: int | None = None,
+    args: Sequence[str] = (),
+) -> Proc:
     """`port` None: a free one; a given port lets a restarted server take its predecessor's place.
-    `open_files`: the child's RLIMIT_NOFILE (to run it out of descriptors)."""
+    `open_files`: the child's RLIMIT_NOFILE (to run it out of descriptors); `args`: more of uvicorn's options."""
     port = port or free_port()
     full_env = {
         **os.environ,
@@ -86,6 +92,7 @@ def start(env: Mapping[str, str], log: Path, port: int | None = None, open_files
             "websockets-sansio",
             "--http",
             "realtime.transport.guard:http_protocol",
+            *args,
         ],
         cwd=ROOT,
         env=full_env,

@@ -15,13 +15,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from realtime.events.node.metrics import frame_type
+from realtime.server import create_app
+from realtime.settings import SettingsError
 from tests.conftest import Client, Server, base_settings, chat, running, slow_chat, token, ws
-from tests.procs import REDIS_URL, require
+from tests.procs import REDIS_URL, Proc, require
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
-async def scrape(srv: Server) -> Samples:
+async def scrape(srv: Server | Proc) -> Samples:
     async with httpx.AsyncClient() as client:
         response = await client.get(f"{srv.http}/metrics")
     assert response.status_code == 200
@@ -215,6 +217,18 @@ async def test_apps_in_one_process_keep_their_own_numbers(tmp_path: Path) -> Non
             assert value(await scrape(one), "realtime_open_sockets", channel="chat") == 1
             assert value(await scrape(two), "realtime_open_sockets", channel="chat") == 0
             assert one.runtime.metrics.registry is not two.runtime.metrics.registry
+        # Both show this process's own numbers, with no `pid`: one process, one set.
+        for srv in (one, two):
+            samples = await scrape(srv)
+            assert value(samples, "process_resident_memory_bytes") > 0
+            assert value(samples, "process_start_time_seconds") > 0
+            assert value(samples, "process_cpu_seconds_total") > 0
+
+
+def test_a_multiprocess_directory_needs_the_variable_from_the_process_start(tmp_path: Path) -> None:
+    """prometheus_client chose where its values live when it was imported: a directory named later is refused."""
+    with pytest.raises(SettingsError, match=r"^PROMETHEUS_MULTIPROC_DIR: must be in the environment"):
+        create_app(base_settings(tmp_path, prometheus_multiproc_dir=tmp_path))
 
 
 @pytest.mark.parametrize(

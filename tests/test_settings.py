@@ -45,6 +45,8 @@ def test_defaults() -> None:
         ({**GOOD, "TOKEN_EXPIRY": "maybe"}, "TOKEN_EXPIRY"),
         ({**GOOD, "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({**GOOD, "DEV_MODE": "1"}, "DEV_MODE"),
+        ({**GOOD, "NOTIFICATION_LOCALE": "../ko"}, "NOTIFICATION_LOCALE"),
+        ({**GOOD, "PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"}, "PROMETHEUS_MULTIPROC_DIR"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -123,6 +125,9 @@ BAD_SETTINGS = [
     ({"STATUS_INTERVAL": "-1"}, "STATUS_INTERVAL", ["seconds", "86400"]),
     ({"JWT_SECRET": "", "JWT_PUBLIC_KEY": "not a key"}, "JWT_PUBLIC_KEY", ["RS256"]),
     ({"TOKEN_GRACE": "nan"}, "TOKEN_GRACE", ["seconds"]),
+    ({"NOTIFICATION_LOCALE": "fr"}, "NOTIFICATION_LOCALE", ["'fr'", "en, ko"]),
+    # A path under a regular file: the supervisor can neither make nor empty it.
+    ({"PROMETHEUS_MULTIPROC_DIR": "/etc/hostname/metrics"}, "PROMETHEUS_MULTIPROC_DIR", ["cannot empty"]),
 ]
 
 

@@ -1,7 +1,9 @@
 """Prometheus metrics of one app (served by endpoints/metrics_api.py as `GET /metrics`).
 
 Each app has its own `CollectorRegistry` (several apps in one process, as in
-the tests, never mix their numbers). The core calls one method here per event
+the tests, never mix their numbers), with this process's `process_*` metrics.
+Under a uvicorn supervisor with PROMETHEUS_MULTIPROC_DIR, the numbers are
+every worker's instead, merged from that directory (metrics_shared.py). The core calls one method here per event
 it counts; each method keeps the labelled child it resolved the first time, so
 a count is a dict look-up and an increment. A fan-out is counted once per
 publish with the number of recipients, never once per socket. What the core
@@ -12,16 +14,17 @@ failures) is read at scrape time by a collector and costs nothing in between.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ...store.db import Db
 from ...transport import socket_counter
 from ..protocol.frames import BadFrame, Decoded
-from . import topics
+from . import metrics_shared, topics
 from .hub import Delivery, Hub
 
 
@@ -40,6 +43,18 @@ CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 1013, 4
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TYPE_PREFIX = '{"type":"'
+# With several workers (metrics_shared.py): how each gauge the runtime keeps
+# combines across them. `process_*` gauges stay per worker, by `pid`.
+ACROSS_WORKERS = {
+    "realtime_open_sockets": "livesum",
+    "realtime_pending_auth_sockets": "livesum",
+    "realtime_hub_topics": "livesum",
+    "realtime_store_writer_up": "livemin",
+    "realtime_broker_up": "livemin",
+    "realtime_outbox_backlog": "livemostrecent",
+}
+# Measured by the worker that answers a scrape, not copied once a second.
+MEASURED_AT_SCRAPE = ("realtime_outbox_backlog",)
 
 
 def frame_type(text: str) -> str:
@@ -52,9 +67,17 @@ def frame_type(text: str) -> str:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, shared_dir: Path | None = None) -> None:
+        """`shared_dir`: PROMETHEUS_MULTIPROC_DIR, for every worker's numbers (metrics_shared.active must hold)."""
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.shared_dir = shared_dir
+        self.mirror: metrics_shared.Mirror | None = None
         r = self.registry
+        if shared_dir is None:
+            ProcessCollector(registry=r)
+            self.exposed = r  # what `GET /metrics` encodes
+        else:
+            self.exposed = metrics_shared.scrape_registry(shared_dir)
         self.frames_in = Counter(
             "realtime_frames_in",
             "Client frames received, by channel and type (`invalid`: not a frame of the channel).",
@@ -112,7 +135,26 @@ class Metrics:
         if runtime.db.writer is not None:
             runtime.db.writer.on_batch = self.store_batch
             runtime.db.writer.on_fault = self.store_fault
-        self.registry.register(_RuntimeCollector(runtime, sorted(set(channels))))
+        collector = _RuntimeCollector(runtime, sorted(set(channels)))
+        if self.shared_dir is None:
+            self.registry.register(collector)
+            return
+        metrics_shared.sweep(self.shared_dir)
+        self.mirror = metrics_shared.Mirror(
+            [collector, ProcessCollector(registry=None)], ACROSS_WORKERS, at_scrape=MEASURED_AT_SCRAPE
+        )
+        self.mirror.start()
+
+    def before_scrape(self) -> None:
+        """The worker answering a scrape copies its own numbers first: they are current, the others' a second old."""
+        if self.mirror is not None:
+            self.mirror.sync(scrape=True)
+
+    async def close(self) -> None:
+        """At shutdown: with several workers, this one's gauges leave the sums."""
+        if self.mirror is not None and self.shared_dir is not None:
+            await self.mirror.stop()
+            metrics_shared.retire(self.shared_dir)
 
     # ---- what the core calls -------------------------------------------------------
 

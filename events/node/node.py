@@ -26,6 +26,7 @@ from .chat_notices import ChatNotices
 from .hub import Delivery, Hub
 from .limits import TokenBucket
 from .metrics import Metrics
+from .notification_texts import NotificationTexts
 from .presence import PresenceManager
 from .redis_client import RedisClients
 from .revocation import Revocations
@@ -85,6 +86,8 @@ class Node:
     presence: PresenceManager = field(default_factory=PresenceManager)
     # Chat notifications gathered per room and window; the lifespan passes the configured window.
     chat_notices: ChatNotices = field(default_factory=ChatNotices)
+    # The texts of the notifications the server writes itself; the lifespan passes the configured ones.
+    texts: NotificationTexts = field(default_factory=NotificationTexts.default)
     # This app's Prometheus metrics (`GET /metrics`); create_app passes its own registry.
     metrics: Metrics = field(default_factory=Metrics)
     # The per-user socket limit across processes; the lifespan passes the one the broker calls for.

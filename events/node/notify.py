@@ -1,7 +1,8 @@
 """Notifying users from anywhere in the server: store, then publish on each
 user's stream, and the platform's own triggers (reservations, chat).
 
-User-facing texts are Korean, like the platform's client.
+The texts come from templates (notification_texts.py): Korean by default, like
+the platform's client.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from ...store.notifications import Created, Kind
 from . import topics
 from .chat_notices import ChatNotices, Window
 from .hub import Delivery, Hub
+from .notification_texts import NotificationTexts
 from .presence import PresenceManager
 
 
@@ -26,6 +28,7 @@ class Runtime(Protocol):
     hub: Hub
     presence: PresenceManager
     chat_notices: ChatNotices
+    texts: NotificationTexts
 
 
 # Publishes in flight at once: a batch to 10,000 users must not open 10,000 broker requests.
@@ -67,19 +70,28 @@ async def publish(runtime: Runtime, created: list[Created]) -> None:
 
 
 async def reservation_requested(runtime: Runtime, expert_id: int, request: dict[str, Any]) -> None:
+    texts = runtime.texts
     when = f"{request['requested_date']} {request['requested_time']}"
-    body = f"{request['client']['name']}: {request['child_name']}, {when}"
-    await notify(runtime, [expert_id], "consultation", "새로운 상담 예약 요청", body)
+    title = texts.render("reservation_requested_title")
+    body = texts.render(
+        "reservation_requested_body", client_name=request["client"]["name"], child_name=request["child_name"], when=when
+    )
+    await notify(runtime, [expert_id], "consultation", title, body)
 
 
 async def reservation_answered(runtime: Runtime, request: dict[str, Any]) -> None:
+    texts = runtime.texts
     when = f"{request['requested_date']} {request['requested_time']}"
     if request["status"] == "accepted":
-        title, body = "상담 예약이 수락되었습니다", f"{request['child_name']}, {when}"
+        title = texts.render("reservation_accepted_title")
+        body = texts.render("reservation_accepted_body", child_name=request["child_name"], when=when)
     else:
-        title, body = "상담 예약이 거절되었습니다", f"{request['child_name']}, {when}"
+        title = texts.render("reservation_rejected_title")
+        values = {"child_name": request["child_name"], "when": when}
         if request.get("reason"):
-            body += f" — {request['reason']}"
+            body = texts.render("reservation_rejected_body_with_reason", **values, reason=request["reason"])
+        else:
+            body = texts.render("reservation_rejected_body", **values)
     await notify(runtime, [request["client"]["id"]], "consultation", title, body)
 
 
@@ -99,7 +111,7 @@ def chat_message(runtime: Runtime, room_id: str, message: dict[str, Any]) -> Non
 async def _chat_window(runtime: Runtime, room_id: str, window: Window) -> int:
     """Who is away is worked out now, at the flush, for the whole window; returns how many were told."""
     away = await runtime.presence.rooms.away(runtime.db, room_id, 0)
-    texts: dict[int, tuple[str, str]] = {}  # per latest message: a window has at most two
+    rendered: dict[int, tuple[str, str]] = {}  # per latest message: a window has at most two
     told = 0
     # In writes of a few hundred users each: other writes (a message in another
     # room) go between them instead of waiting behind one huge transaction,
@@ -110,9 +122,10 @@ async def _chat_window(runtime: Runtime, room_id: str, window: Window) -> int:
             count, latest = window.for_user(user_id)
             if latest is None:
                 continue
-            text = texts.get(id(latest))
+            text = rendered.get(id(latest))
             if text is None:
-                text = texts[id(latest)] = (f"{latest['sender']['name']}님의 새 메시지", _preview(latest))
+                title = runtime.texts.render("chat_message_title", sender_name=latest["sender"]["name"])
+                text = rendered[id(latest)] = (title, _preview(runtime.texts, latest))
             notices.append(notifications.ChatNotice(user_id, count, *text))
         if notices:
             created = await notifications.coalesce_chat(runtime.db, room_id, notices)
@@ -121,11 +134,11 @@ async def _chat_window(runtime: Runtime, room_id: str, window: Window) -> int:
     return told
 
 
-def _preview(message: dict[str, Any]) -> str:
+def _preview(texts: NotificationTexts, message: dict[str, Any]) -> str:
     if message["message_type"] == "image":
-        text = message["content"] or "사진을 보냈습니다"
+        text = message["content"] or texts.render("chat_image_preview")
     elif message["message_type"] == "file":
-        text = message["content"] or f"파일: {message.get('file_name', '')}"
+        text = message["content"] or texts.render("chat_file_preview", file_name=message.get("file_name") or "")
     else:
         text = message["content"]
     return text if len(text) <= PREVIEW else text[: PREVIEW - 1] + "…"
