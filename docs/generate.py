@@ -230,7 +230,10 @@ def markdown(doc: dict[str, Any]) -> str:
         out += ["", f"### {name}", ""]
         if "description" in schema:
             out += [schema["description"], ""]
-        out += _fields_table(schema)
+        if "enum" in schema:
+            out.append("One of " + ", ".join(f"`{json.dumps(value)}`" for value in schema["enum"]) + ".")
+        else:
+            out += _fields_table(schema)
     return "\n".join(out) + "\n"
 
 
