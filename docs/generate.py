@@ -2,7 +2,8 @@
 
 - `docs/asyncapi.json`: the AsyncAPI 3.0 document `GET /asyncapi.json` serves;
 - `docs/asyncapi.md`: the same document as a page for people;
-- the settings table of `docs/deploy.md`, from `settings.py`.
+- the settings table of `docs/deploy.md`, from `settings.py`;
+- `clients/js/src/frames.ts`: the TypeScript client's frame types (`docs/frames_ts.py`).
 
 `python docs/generate.py` rewrites them; `--check` only says which are stale
 (exit 1). The tests run the check.
@@ -21,6 +22,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from frames_ts import frames_ts  # noqa: E402  (docs/, beside this script)
 
 from realtime.endpoints.asyncapi import document  # noqa: E402
 from realtime.server import SOCKETS  # noqa: E402
@@ -236,7 +239,10 @@ def markdown(doc: dict[str, Any]) -> str:
         out += ["", f"### {name}", ""]
         if "description" in schema:
             out += [schema["description"], ""]
-        out += _fields_table(schema)
+        if "enum" in schema:
+            out.append("One of " + ", ".join(f"`{json.dumps(value)}`" for value in schema["enum"]) + ".")
+        else:
+            out += _fields_table(schema)
     return "\n".join(out) + "\n"
 
 
@@ -249,6 +255,7 @@ def outputs() -> dict[Path, str]:
         DOCS / "asyncapi.json": json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
         DOCS / "asyncapi.md": markdown(doc),
         DOCS / "deploy.md": deploy[:start] + "\n" + settings_table() + "\n" + deploy[end:],
+        ROOT / "clients" / "js" / "src" / "frames.ts": frames_ts(doc, SOCKETS),
     }
 
 

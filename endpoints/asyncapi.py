@@ -71,6 +71,11 @@ def document(sockets: Sockets, host: str = "localhost:8000", protocol: str = "ws
         component = components[ref_of[struct].rsplit("/", 1)[1]]
         component["properties"] = {"type": {"const": type_}, **component.get("properties", {})}
         component["required"] = ["type", *component.get("required", [])]
+    # A server frame's tag, which msgspec writes as a one-value enum, is a `const` too:
+    # a literal, as generators read it, not an enumeration to be named.
+    for struct in server_structs:
+        components[ref_of[struct].rsplit("/", 1)[1]]["properties"]["type"] = {"const": _tag(struct)}
+    _hoist_titled(components)
 
     messages: dict[str, Any] = {}
     client_message_key: dict[tuple[str, type[Frame]], str] = {}
@@ -153,6 +158,38 @@ SECURITY: dict[str, Any] = {
 }
 
 
+# What stays beside a `$ref` when a titled schema moves to the components: what
+# the field says about itself, not the type's shape.
+PER_USE = ("description", "default", "examples")
+
+
+def _hoist_titled(components: dict[str, Any]) -> None:
+    """Every titled schema inside a component (an enumeration: `Annotated[Literal[...],
+    Meta(title=...)]`) becomes a component of that name, referenced where it was used,
+    so that it is named once and generators name their types after it. Two shapes
+    under one title are refused."""
+
+    def visit(schema: dict[str, Any], at_root: bool) -> dict[str, Any]:
+        schema = dict(schema)
+        if "properties" in schema:
+            schema["properties"] = {name: visit(value, False) for name, value in schema["properties"].items()}
+        if "items" in schema:
+            schema["items"] = visit(schema["items"], False)
+        for key in ("anyOf", "oneOf", "allOf"):
+            if key in schema:
+                schema[key] = [visit(option, False) for option in schema[key]]
+        if at_root or "title" not in schema:
+            return schema
+        shape = {key: value for key, value in schema.items() if key not in PER_USE}
+        title = shape["title"]
+        if components.setdefault(title, shape) != shape:
+            raise ValueError(f"two schemas are titled {title!r}")
+        return {"$ref": REF.format(name=title), **{key: schema[key] for key in PER_USE if key in schema}}
+
+    for name in list(components):
+        components[name] = visit(components[name], True)
+
+
 def _tag(struct: type[msgspec.Struct]) -> str:
     tag = struct.__struct_config__.tag
     assert isinstance(tag, str), struct
@@ -189,7 +226,8 @@ def _query(endpoint: type[SocketClass]) -> dict[str, Any]:
             "description": "the epoch `since` belongs to (from the snapshot); another one than the stream's "
             "gets `resync_required`; absent or blank: `since` is taken as it is",
         }
-    return {"type": "object", "properties": properties}
+    # A title, as every object schema of the document has: `ChatQuery`, `NotificationsQuery`...
+    return {"title": f"{endpoint.channel.title()}Query", "type": "object", "properties": properties}
 
 
 def _description() -> str:

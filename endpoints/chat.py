@@ -85,7 +85,7 @@ class ChatEndpoint(BaseEndpoint):
     async def handle_typing_stop(self, frame: frames.TypingStop) -> None:
         await self._stop_typing()
 
-    async def handle_mark_read(self, frame: frames.MarkRead) -> None:
+    async def handle_mark_read(self, frame: frames.MarkMessageRead) -> None:
         read = messages.mark_read(self.rt.db, self.room_id, frame.message_id, self.user_id)
         await self.rt.commit(self.stream, "message_read", read)
 

@@ -37,7 +37,7 @@ class NotificationsEndpoint(BaseEndpoint):
 
     # ---- frames ------------------------------------------------------------------
 
-    async def handle_mark_read(self, frame: frames.MarkRead) -> None:
+    async def handle_mark_read(self, frame: frames.MarkNotificationRead) -> None:
         read = notifications.mark_read(self.rt.db, self.user_id, frame.notification_id)
         # Already read: nothing changed, nothing to tell (the client counts reads down).
         await self.rt.commit(self.stream, "notification_read", read)

@@ -23,7 +23,7 @@ from jsonschema import Draft7Validator
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from realtime.endpoints import base
+from realtime.endpoints import asyncapi, base
 from realtime.endpoints.asyncapi import document
 from realtime.events.node import control
 from realtime.events.protocol import errors, schema
@@ -120,7 +120,66 @@ def test_every_close_code_and_error_code_is_documented() -> None:
     assert used <= set(schema.CLOSE_CODES), used - set(schema.CLOSE_CODES)
     assert set(DOC["info"]["x-close-codes"]) == {str(code) for code in schema.CLOSE_CODES}
     assert set(schema.ERRORS) == set(errors.CODES)
-    assert resolve("#/components/schemas/Error")["properties"]["code"]["enum"] == list(errors.CODES)
+    code = resolve("#/components/schemas/Error")["properties"]["code"]
+    assert resolve(code["$ref"])["enum"] == list(errors.CODES)
+
+
+PASCAL = re.compile(r"^[A-Z][a-z0-9]+(?:[A-Z][a-z0-9]*)*$")
+
+
+def named_schemas(node: Any, path: str = "#") -> list[tuple[str, dict[str, Any]]]:
+    """Every schema of an object or an enumeration anywhere in a document, with where it is."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    if isinstance(node, dict):
+        if "properties" in node or "enum" in node or node.get("type") == "object":
+            found.append((path, node))
+        for key, value in node.items():
+            found += named_schemas(value, f"{path}/{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += named_schemas(value, f"{path}/{index}")
+    return found
+
+
+def test_every_object_and_enumeration_has_a_unique_pascal_case_title() -> None:
+    """What generators (frames.ts, AsyncAPI's own) name their types after: no
+    `AnonymousSchema_9`, one name for one shape."""
+    doc = json.loads((ROOT / "docs" / "asyncapi.json").read_text())
+    schemas = doc["components"]["schemas"]
+    for name, schema_ in schemas.items():
+        assert schema_.get("title") == name, f"component {name} is titled {schema_.get('title')!r}"
+    shapes: dict[str, set[str]] = {}
+    found = named_schemas(doc)
+    assert len(found) > len(schemas)  # the components, and the channels' query objects
+    for path, schema_ in found:
+        title = schema_.get("title")
+        assert isinstance(title, str), f"{path} has no title"
+        assert PASCAL.match(title), f"{path}: {title!r} is not PascalCase"
+        shapes.setdefault(title, set()).add(json.dumps(schema_, sort_keys=True))
+    twice = sorted(title for title, seen in shapes.items() if len(seen) > 1)
+    assert not twice, f"titles naming two shapes: {twice}"
+    # Enumerations are components, referenced where used; a type tag is a `const`.
+    inline = [path for path, s in found if "enum" in s and not re.fullmatch(r"#/components/schemas/\w+", path)]
+    assert not inline, inline
+    assert schemas["Pong"]["properties"]["type"] == {"const": "pong"}
+    assert schemas["ChatMessageRecord"]["properties"]["message_type"] == {"$ref": "#/components/schemas/MessageType"}
+
+
+def test_one_title_for_two_shapes_is_refused() -> None:
+    components = {
+        "A": {"title": "A", "type": "object", "properties": {"x": {"title": "Kind", "enum": ["a"]}}},
+        "B": {"title": "B", "type": "object", "properties": {"y": {"title": "Kind", "enum": ["b"]}}},
+    }
+    with pytest.raises(ValueError, match="Kind"):
+        asyncapi._hoist_titled(components)
+    same = {
+        "A": {"title": "A", "properties": {"x": {"title": "Kind", "enum": ["a"], "description": "one"}}},
+        "B": {"title": "B", "properties": {"y": {"anyOf": [{"title": "Kind", "enum": ["a"]}, {"type": "null"}]}}},
+    }
+    asyncapi._hoist_titled(same)
+    assert same["Kind"] == {"title": "Kind", "enum": ["a"]}
+    assert same["A"]["properties"]["x"] == {"$ref": "#/components/schemas/Kind", "description": "one"}
+    assert same["B"]["properties"]["y"]["anyOf"][0] == {"$ref": "#/components/schemas/Kind"}
 
 
 def test_client_schemas_refuse_what_the_decoder_refuses() -> None:

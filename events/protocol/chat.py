@@ -10,11 +10,13 @@ from msgspec import Meta
 from .frames import COMMON, ClientMsgId, Frame, Id, Sync
 
 MAX_CONTENT = 10_000
+# Titled: the AsyncAPI document names it once (a component), and so do generated clients.
+MessageType = Annotated[Literal["text", "image", "file"], Meta(title="MessageType")]
 
 
 class ChatMessage(Frame):
     content: Annotated[str, Meta(max_length=MAX_CONTENT)] = ""
-    message_type: Literal["text", "image", "file"] = "text"
+    message_type: MessageType = "text"
     file_url: Annotated[str, Meta(max_length=2048)] | None = None
     file_name: Annotated[str, Meta(max_length=255)] | None = None
     client_msg_id: ClientMsgId | None = None
@@ -65,7 +67,7 @@ class TypingStop(Frame):
     pass
 
 
-class MarkRead(Frame):
+class MarkMessageRead(Frame):
     message_id: Id
 
 
@@ -84,7 +86,7 @@ CHAT: dict[str, type[Frame]] = {
     "chat_message": ChatMessage,
     "typing_start": TypingStart,
     "typing_stop": TypingStop,
-    "mark_read": MarkRead,
+    "mark_read": MarkMessageRead,
     "delete_message": DeleteMessage,
     "fetch_history": FetchHistory,
 }

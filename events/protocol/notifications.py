@@ -13,7 +13,7 @@ from .frames import COMMON, Frame, Id, Sync
 from .outbound import encode
 
 
-class MarkRead(Frame):
+class MarkNotificationRead(Frame):
     notification_id: Id
 
 
@@ -24,7 +24,7 @@ class MarkAllRead(Frame):
 NOTIFICATIONS: dict[str, type[Frame]] = {
     **COMMON,
     "sync": Sync,
-    "mark_read": MarkRead,
+    "mark_read": MarkNotificationRead,
     "mark_all_read": MarkAllRead,
 }
 

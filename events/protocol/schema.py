@@ -18,6 +18,7 @@ from typing import Annotated, Literal
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from . import errors
+from .chat import MessageType
 
 Timestamp = Annotated[
     str,
@@ -34,8 +35,15 @@ Epoch = Annotated[
 ]
 LastSeq = Annotated[int, Meta(ge=0, description="the stream's last seq this covers; resume with `?since=` it")]
 ServerId = Annotated[str, Meta(min_length=1)]
-ErrorCode = Annotated[str, Meta(extra_json_schema={"enum": list(errors.CODES)})]
-Role = Literal["expert", "client"]
+# Enumerations carry a title: the AsyncAPI document makes each one component, and
+# generated clients name their types after it (tests/test_asyncapi.py checks).
+ErrorCode = Annotated[str, Meta(title="ErrorCode", extra_json_schema={"enum": list(errors.CODES)})]
+Role = Annotated[Literal["expert", "client"], Meta(title="Role")]
+NotificationType = Annotated[Literal["consultation", "message", "payment", "system"], Meta(title="NotificationType")]
+ConsultationState = Annotated[
+    Literal["waiting", "in_progress", "completed", "cancelled"], Meta(title="ConsultationState")
+]
+ReservationStatus = Annotated[Literal["pending", "accepted", "rejected", "cancelled"], Meta(title="ReservationStatus")]
 
 
 class Record(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -77,7 +85,7 @@ class ChatMessageRecord(Record):
     room_id: str
     sender: Sender
     content: str
-    message_type: Literal["text", "image", "file"]
+    message_type: MessageType
     created_at: Timestamp
     is_read: bool
     file_url: str | UnsetType = UNSET
@@ -89,7 +97,7 @@ class NotificationRecord(Record):
     """`Notification`: one of a user's notifications."""
 
     id: ServerId
-    type: Literal["consultation", "message", "payment", "system"]
+    type: NotificationType
     title: str
     body: str
     is_read: bool
@@ -114,7 +122,7 @@ class PendingExtension(Record):
 class StatusData(Record):
     """A consultation as one participant sees it; `agora_token` is minted for that participant."""
 
-    status: Literal["waiting", "in_progress", "completed", "cancelled"]
+    status: ConsultationState
     participants: list[Participant]
     duration_minutes: Annotated[int, Meta(ge=1)]
     scheduled_start: Timestamp | UnsetType = UNSET
@@ -137,7 +145,7 @@ class ReservationRequestRecord(Record):
     requested_date: Annotated[str, Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
     requested_time: Annotated[str, Meta(pattern=r"^\d{2}:\d{2}$")]
     concern_summary: str
-    status: Literal["pending", "accepted", "rejected", "cancelled"]
+    status: ReservationStatus
     created_at: Timestamp
     reason: str | UnsetType = UNSET
     client_msg_id: str | UnsetType = UNSET
