@@ -73,7 +73,7 @@ class BaseEndpoint(WebSocketEndpoint):
     slot: str | None = None  # its place under the per-user socket limit, once reserved
     # Why a session cookie sent with the handshake was not taken (the 4001's reason); set only then.
     cookie_refused: str | None = None
-    opened_at: float = 0.0  # when it joined `Runtime.sockets` (epoch seconds)
+    registered_at: float = 0.0  # when it joined `Runtime.sockets` (epoch seconds, for the server API)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -177,7 +177,7 @@ class BaseEndpoint(WebSocketEndpoint):
         if len(sockets) >= limit:
             raise Refused(POLICY, "too many sockets for this user")
         sockets.add(self)
-        self.opened_at = time.time()
+        self.registered_at = time.time()
         self.slot = await self.rt.slots.reserve(self.user_id, limit)
         if self.slot is None:
             raise Refused(POLICY, "too many sockets for this user")
@@ -343,7 +343,7 @@ class BaseEndpoint(WebSocketEndpoint):
 
     def describe(self) -> dict[str, Any]:
         """What the server API shows of an open socket (`GET /api/users/{id}/sockets`)."""
-        return {"channel": self.channel, "access": self.access, "opened_at": round(self.opened_at, 3)}
+        return {"channel": self.channel, "access": self.access, "opened_at": round(self.registered_at, 3)}
 
     def close_for(self, code: int, reason: str) -> None:
         """Close from outside the socket's own task (the server API, shutdown)."""
