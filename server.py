@@ -44,6 +44,7 @@ from .endpoints import (
     messages_api,
     metrics_api,
     notifications_api,
+    openapi,
     presence_api,
 )
 from .endpoints.base import BaseEndpoint
@@ -239,6 +240,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
     routes: list[BaseRoute] = [
         *sockets,
         *api_routes,
+        *openapi.routes(api_routes),
         *files.routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),

@@ -2,6 +2,7 @@
 
 - `docs/asyncapi.json`: the AsyncAPI 3.0 document `GET /asyncapi.json` serves;
 - `docs/asyncapi.md`: the same document as a page for people;
+- `docs/openapi.json`: the OpenAPI 3.1 document of the server API `GET /openapi.json` serves;
 - the settings table of `docs/deploy.md`, from `settings.py`.
 
 `python docs/generate.py` rewrites them; `--check` only says which are stale
@@ -22,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from realtime.endpoints import openapi  # noqa: E402
 from realtime.endpoints.asyncapi import document  # noqa: E402
 from realtime.server import SOCKETS  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
@@ -242,6 +244,7 @@ def outputs() -> dict[Path, str]:
     return {
         DOCS / "asyncapi.json": json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
         DOCS / "asyncapi.md": markdown(doc),
+        DOCS / "openapi.json": json.dumps(openapi.document(), indent=2, ensure_ascii=False) + "\n",
         DOCS / "deploy.md": deploy[:start] + "\n" + settings_table() + "\n" + deploy[end:],
     }
 

@@ -57,6 +57,8 @@ async def test_sockets_and_routes_answer_under_the_prefix(host: tuple[str, Realt
         assert (await client.get("/realtime/readyz")).json() == {"status": "ready"}
         assert (await client.get("/realtime/metrics")).status_code == 200
         assert (await client.get("/readyz")).status_code == 404
+        # The OpenAPI document names the prefix its routes are under.
+        assert (await client.get("/realtime/openapi.json")).json()["servers"] == [{"url": "/realtime"}]
         response = await client.post("/realtime/api/rooms", json={"id": "r", "member_ids": [1, 2]})
         assert response.status_code == 201
     async with ws(f"ws://{address}/realtime/ws/chat/r/?token={token(1)}") as one:
