@@ -42,7 +42,7 @@ from .endpoints.consultation_api import ConsultationBody, ReasonBody
 from .endpoints.notifications_api import NotificationBody
 from .events.node import operations, topics
 from .events.node.node import Runtime
-from .events.protocol.chat import ChatMessage
+from .events.protocol.chat import ChatMessage, FetchHistory
 from .events.protocol.notifications import safe_url
 from .server import create_app
 from .settings import Settings
@@ -128,7 +128,8 @@ class Realtime:
         file_name: str | None = None,
         client_msg_id: str | None = None,
     ) -> dict[str, Any]:
-        """Post a chat message into a room as if it was sent there: stored, then
+        """Post a chat message into a room as if it was sent there (`POST
+        /api/rooms/{id}/messages`, which also takes the same fields): stored, then
         `chat_message` to every member's sockets, and a notification to the
         members away from the room. From `System` (user id 0), from a member
         (`user_id`, who must be in the room), or from `sender` (`{id, name,
@@ -160,12 +161,10 @@ class Realtime:
     async def history(
         self, room_id: str, before_seq: int | None = None, limit: int = 50
     ) -> tuple[list[dict[str, Any]], bool]:
-        """A room's messages before `before_seq` (the newest without it), oldest first, and whether there are older."""
-        if before_seq is not None and (type(before_seq) is not int or before_seq < 1):
-            raise ValueError("`before_seq` must be a positive integer")
-        if type(limit) is not int or not 1 <= limit <= MAX_HISTORY:
-            raise ValueError(f"`limit` must be an integer from 1 to {MAX_HISTORY}")
-        return await operations.history(self.runtime, _room(room_id), before_seq, limit)
+        """A room's messages before `before_seq` (the newest without it), oldest
+        first, and whether there are older (`GET /api/rooms/{id}/messages`)."""
+        page = _checked(FetchHistory, {"before_seq": before_seq, "limit": limit})
+        return await operations.history(self.runtime, _room(room_id), page.before_seq, page.limit)
 
     async def notify(
         self,
@@ -237,19 +236,25 @@ class Realtime:
         return (await operations.cancel_consultation(self.runtime, _room(consultation_id), data.reason)).record()
 
     async def room_presence(self, room_id: str) -> list[int]:
-        """The room's members with a chat socket open on it, on any process."""
+        """The room's members with a chat socket open on it, on any process (`GET /api/presence?room=`)."""
         return await operations.room_presence(self.runtime, _room(room_id))
 
     async def consultation_presence(self, consultation_id: str) -> list[dict[str, Any]]:
-        """The consultation's participants present now, on any process (`{id, name, type, joined_at}`)."""
+        """The consultation's participants present now, on any process
+        (`GET /api/presence?consultation=`): `{id, name, type, joined_at}` each."""
         return await operations.consultation_presence(self.runtime, _room(consultation_id))
 
-    def sockets(self, user_id: int) -> list[dict[str, Any]]:
-        """The user's sockets open in this process (`{channel, access, opened_at}`)."""
-        return operations.local_sockets(self.runtime, _user(user_id))
+    async def user_presence(self, user_id: int) -> dict[str, Any]:
+        """Whether the user is online, on any process (`GET /api/presence?user=`):
+        `{user_id, online, sockets, channels}`."""
+        return await operations.user_presence(self.runtime, _user(user_id))
+
+    async def sockets(self, user_id: int) -> list[dict[str, Any]]:
+        """The user's open sockets on every process, oldest first (`GET /api/users/{id}/sockets`):
+        `{channel, access, opened_at}` each."""
+        return await operations.user_sockets(self.runtime, _user(user_id))
 
 
-MAX_HISTORY = 100
 S = TypeVar("S", bound=msgspec.Struct)
 
 

@@ -35,7 +35,18 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route, WebSocketRoute
 
 from . import logconfig
-from .endpoints import api, asyncapi, consultation_api, dev, files, metrics_api, notifications_api
+from .endpoints import (
+    api,
+    asyncapi,
+    consultation_api,
+    dev,
+    files,
+    messages_api,
+    metrics_api,
+    notifications_api,
+    openapi,
+    presence_api,
+)
 from .endpoints.base import BaseEndpoint
 from .endpoints.chat import ChatEndpoint
 from .endpoints.consultation import ConsultationEndpoint
@@ -239,11 +250,17 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await db.disconnect()
 
     sockets = socket_routes()
-    routes: list[BaseRoute] = [
-        *sockets,
+    api_routes: list[BaseRoute] = [
         *api.routes,
+        *messages_api.routes,
         *consultation_api.routes,
         *notifications_api.routes,
+        *presence_api.routes,
+    ]
+    routes: list[BaseRoute] = [
+        *sockets,
+        *api_routes,
+        *openapi.routes(api_routes),
         *files.routes,
         Route("/healthz", healthz),
         Route("/readyz", readyz),

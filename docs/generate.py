@@ -2,6 +2,7 @@
 
 - `docs/asyncapi.json`: the AsyncAPI 3.0 document `GET /asyncapi.json` serves;
 - `docs/asyncapi.md`: the same document as a page for people;
+- `docs/openapi.json`: the OpenAPI 3.1 document of the server API `GET /openapi.json` serves;
 - the settings table of `docs/deploy.md`, from `settings.py`;
 - `clients/js/src/frames.ts`: the TypeScript client's frame types (`docs/frames_ts.py`).
 
@@ -25,6 +26,7 @@ if str(ROOT) not in sys.path:
 
 from frames_ts import frames_ts  # noqa: E402  (docs/, beside this script)
 
+from realtime.endpoints import openapi  # noqa: E402
 from realtime.endpoints.asyncapi import document  # noqa: E402
 from realtime.server import SOCKETS  # noqa: E402
 from realtime.settings import Settings  # noqa: E402
@@ -254,6 +256,7 @@ def outputs() -> dict[Path, str]:
     return {
         DOCS / "asyncapi.json": json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
         DOCS / "asyncapi.md": markdown(doc),
+        DOCS / "openapi.json": json.dumps(openapi.document(), indent=2, ensure_ascii=False) + "\n",
         DOCS / "deploy.md": deploy[:start] + "\n" + settings_table() + "\n" + deploy[end:],
         ROOT / "clients" / "js" / "src" / "frames.ts": frames_ts(doc, SOCKETS),
     }

@@ -105,6 +105,27 @@ async def body(request: Request, kind: type[B]) -> B:
     return data
 
 
+def query(request: Request, kind: type[B]) -> B:
+    """The query string as `kind`, numbers read from their digits. A blank value
+    is no value; a repeated name or a bad value is 400 `invalid_payload`;
+    names `kind` does not have are ignored."""
+    fields: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name in fields:
+            raise ApiError(400, "invalid_payload", f"`{name}` given more than once")
+        if value.strip():
+            fields[name] = value
+    try:
+        data = msgspec.convert(fields, kind, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, "invalid_payload", str(exc)) from None
+    for name, value in msgspec.structs.asdict(data).items():
+        # The lax conversion also reads `5.0` and `1e1` as integers: only plain digits are taken.
+        if isinstance(value, int) and not isinstance(value, bool) and name in fields and fields[name] != str(value):
+            raise ApiError(400, "invalid_payload", f"`{name}` must be written as a whole number")
+    return data
+
+
 def path_user(request: Request) -> int:
     raw = request.path_params["user_id"]
     if not (raw.isascii() and raw.isdigit()) or not 0 < int(raw) < 2**63:

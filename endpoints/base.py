@@ -138,6 +138,9 @@ class BaseEndpoint(WebSocketEndpoint):
                 self.out.push(outbound.auth_ok(self.user))
             self._watch_expiry()
             await self.authorize()
+            if self.slot is not None:
+                # Its access is known now: the server API lists it so on every process.
+                await self.rt.slots.update(self.user_id, self.slot, self.describe())
             await self._join()
             await self.opened()
             await self._serve()
@@ -178,7 +181,7 @@ class BaseEndpoint(WebSocketEndpoint):
             raise Refused(POLICY, "too many sockets for this user")
         sockets.add(self)
         self.registered_at = time.time()
-        self.slot = await self.rt.slots.reserve(self.user_id, limit)
+        self.slot = await self.rt.slots.reserve(self.user_id, limit, self.describe())
         if self.slot is None:
             raise Refused(POLICY, "too many sockets for this user")
 

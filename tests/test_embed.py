@@ -20,6 +20,7 @@ from tests.conftest import SERVICE_KEY, base_settings, token, ws
 from tests.conftest import serving as serve_app
 
 ROOT = Path(__file__).resolve().parent.parent
+SERVICE = {"Authorization": f"Bearer {SERVICE_KEY}"}
 
 
 def example() -> ModuleType:
@@ -56,6 +57,8 @@ async def test_sockets_and_routes_answer_under_the_prefix(host: tuple[str, Realt
         assert (await client.get("/realtime/readyz")).json() == {"status": "ready"}
         assert (await client.get("/realtime/metrics")).status_code == 200
         assert (await client.get("/readyz")).status_code == 404
+        # The OpenAPI document names the prefix its routes are under.
+        assert (await client.get("/realtime/openapi.json")).json()["servers"] == [{"url": "/realtime"}]
         response = await client.post("/realtime/api/rooms", json={"id": "r", "member_ids": [1, 2]})
         assert response.status_code == 201
     async with ws(f"ws://{address}/realtime/ws/chat/r/?token={token(1)}") as one:
@@ -186,8 +189,15 @@ async def test_the_python_api_covers_users_rooms_members_consultations_and_prese
     async with ws(f"ws://{address}/realtime/ws/chat/r2/?token={token(1)}") as kim:
         await kim.expect("message_history")
         assert await realtime.room_presence("r2") == [1]
-        [socket] = realtime.sockets(1)
-        assert socket["channel"] == "chat" and socket["opened_at"] > 0
+        [socket] = await realtime.sockets(1)
+        assert socket["channel"] == "chat" and socket["access"] == "chat:r2" and socket["opened_at"] > 0
+        online = {"user_id": 1, "online": True, "sockets": 1, "channels": ["chat"]}
+        assert await realtime.user_presence(1) == online
+        assert await realtime.user_presence(2) == {"user_id": 2, "online": False, "sockets": 0, "channels": []}
+        # The same answers as the server API's routes.
+        async with httpx.AsyncClient(base_url=f"http://{address}/realtime", headers=SERVICE) as api:
+            assert (await api.get("/api/users/1/sockets")).json() == {"user_id": 1, "sockets": [socket]}
+            assert (await api.get("/api/presence", params={"user": 1})).json() == online
 
         # As a member: their stored profile, delivered as a socket message is.
         message = await realtime.publish("r2", "hello from the backend", user_id=2, client_msg_id="m1")
@@ -248,6 +258,10 @@ async def test_bad_python_api_calls_raise_and_change_nothing(host: tuple[str, Re
         realtime.create_consultation(1, 2, duration_minutes=0),
         realtime.end_consultation("c1", "x" * 10_000),
         realtime.publish("r3", "x", user_id=1, sender={"id": 1, "name": "x"}),
+        realtime.history("r3", limit=101),
+        realtime.history("r3", limit=True),
+        realtime.user_presence(0),
+        realtime.sockets("1"),  # type: ignore[arg-type]
     ]
     for call in bad_calls:
         with pytest.raises(ValueError):

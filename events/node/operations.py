@@ -149,10 +149,26 @@ async def consultation_presence(rt: Node, consultation_id: str) -> list[dict[str
 
 def local_sockets(rt: Node, user_id: int) -> list[dict[str, Any]]:
     """The user's sockets open on this process: their channel and since when."""
-    return sorted(
-        (s.describe() for s in rt.sockets.get(user_id, ())),
-        key=lambda s: (s["opened_at"], s["channel"]),
-    )
+    return sorted((s.describe() for s in rt.sockets.get(user_id, ())), key=_opened)
+
+
+async def user_sockets(rt: Node, user_id: int) -> list[dict[str, Any]]:
+    """The user's open sockets on every process (`{channel, access, opened_at}`),
+    oldest first: this process's from its registry, the others' from their
+    socket slots (with Redis; with memory:// there are no others)."""
+    elsewhere = await rt.slots.elsewhere(user_id)
+    return sorted([*local_sockets(rt, user_id), *elsewhere], key=_opened)
+
+
+async def user_presence(rt: Node, user_id: int) -> dict[str, Any]:
+    """Whether the user is online: how many sockets they have open on every process, and on which channels."""
+    sockets = await user_sockets(rt, user_id)
+    channels = sorted({s["channel"] for s in sockets if s["channel"] is not None})
+    return {"user_id": user_id, "online": bool(sockets), "sockets": len(sockets), "channels": channels}
+
+
+def _opened(socket: dict[str, Any]) -> tuple[float, str]:
+    return (socket["opened_at"] or 0.0, socket["channel"] or "")
 
 
 # ---- consultations --------------------------------------------------------------------
