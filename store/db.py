@@ -49,6 +49,7 @@ T = TypeVar("T")
 Row = Sequence[Any]
 
 SCHEMA = Path(__file__).resolve().parent.parent / "schema.sql"
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
@@ -96,9 +97,30 @@ def new_ids(count: int) -> list[str]:
     return [prefix + text[i : i + 12] for i in range(0, 12 * count, 12)]
 
 
+@dataclass(eq=False)
+class WebhookTargets:
+    """The webhook URLs the writer's transactions queue events for (store/webhooks.py).
+
+    `queued` is set by a transaction that queued some; after its commit the
+    writer calls `committed`, which tells the dispatcher (`on_queued`) that
+    rows are there to deliver now rather than at its next poll."""
+
+    urls: tuple[str, ...]
+    on_queued: Callable[[], None] | None = None
+    queued: bool = False
+
+    def committed(self) -> None:
+        if self.queued:
+            self.queued = False
+            if self.on_queued is not None:
+                self.on_queued()
+
+
 class Runner(Protocol):
     # True on the writer when the broker can fail: stream events get outbox rows (store/outbox.py).
     outbox: bool
+    # Set on the writer when webhooks are on: events get webhook outbox rows (store/webhooks.py).
+    webhooks: WebhookTargets | None
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
@@ -110,6 +132,7 @@ class SqliteRunner:
     """Statements on one aiosqlite connection: one thread hop per call."""
 
     outbox = False
+    webhooks: WebhookTargets | None = None
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -138,6 +161,7 @@ def to_dollar(sql: str) -> str:
 
 class PgRunner:
     outbox = False
+    webhooks: WebhookTargets | None = None
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -238,6 +262,8 @@ class GroupCommitWriter:
         self.on_batch: Callable[[int, float], None] | None = None
         # Called per failed transaction: "transient" or "other", for metrics.
         self.on_fault: Callable[[str], None] | None = None
+        # Called after each transaction that committed (webhook rows to deliver: Db.use_webhooks).
+        self.on_commit: Callable[[], None] | None = None
 
     @property
     def runner(self) -> Runner:
@@ -411,6 +437,8 @@ class GroupCommitWriter:
         self.batches += 1
         self.jobs += len(batch)
         self.problem, self.failures = None, 0
+        if self.on_commit is not None:
+            self.on_commit()
         for future, result, error in outcomes:
             _settle(future, result, error)
         return False
@@ -633,6 +661,7 @@ class Db:
         self._lock_file: IO[str] | None = None
         self._sole_lock = False
         self._outbox = False  # see use_outbox
+        self._webhooks: WebhookTargets | None = None  # see use_webhooks
         self._reader: Held | None = None
         self._reader_lock = asyncio.Lock()
         self.writer: GroupCommitWriter | None = None
@@ -675,6 +704,7 @@ class Db:
         held = await self._open()
         # Every writer connection, the first and each that replaces a lost one.
         held.runner.outbox = self._outbox
+        held.runner.webhooks = self._webhooks
         if self._sole_lock and not self.is_sqlite:
             # The session lock went with the old connection: take it again.
             row = await held.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
@@ -687,13 +717,31 @@ class Db:
         if self.is_sqlite:
             for stmt in statements:
                 await _schema_execute(runner, stmt, True)
+            await self.apply_sql_files_until_migrations_land(runner)
             return
         await runner.execute(f"SELECT pg_advisory_lock({SCHEMA_LOCK_KEY})")
         try:
             for stmt in statements:
                 await _schema_execute(runner, stmt, False)
+            await self.apply_sql_files_until_migrations_land(runner)
         finally:
             await runner.execute(f"SELECT pg_advisory_unlock({SCHEMA_LOCK_KEY})")
+
+    async def apply_sql_files_until_migrations_land(self, runner: Runner) -> None:
+        """Run `store/migrations/NNNN_<name>[.sqlite|.postgres].sql` after schema.sql,
+        each statement idempotent, every start. A stand-in for the versioned
+        migration runner (store/migrate.py), which replaces it."""
+        dialect = "sqlite" if self.is_sqlite else "postgres"
+        files: dict[str, Path] = {}
+        for path in sorted(MIGRATIONS.glob("[0-9][0-9][0-9][0-9]_*.sql")):
+            stem, _, rest = path.name.partition(".")
+            if rest == "sql" or rest == f"{dialect}.sql":
+                # A backend's own variant takes the place of the plain file.
+                if rest != "sql" or stem not in files:
+                    files[stem] = path
+        for stem in sorted(files):
+            for stmt in schema_statements(files[stem].read_text()):
+                await _schema_execute(runner, stmt, self.is_sqlite)
 
     async def claim_sole_process(self) -> bool:
         """Take a lock that only one server process on this database can hold.
@@ -719,6 +767,13 @@ class Db:
         assert self.writer is not None, "store is not connected"
         self._outbox = True
         self.writer.runner.outbox = True
+
+    def use_webhooks(self, targets: WebhookTargets) -> None:
+        """Give events webhook outbox rows for `targets` from now on (store/webhooks.py)."""
+        assert self.writer is not None, "store is not connected"
+        self._webhooks = targets
+        self.writer.runner.webhooks = targets
+        self.writer.on_commit = targets.committed
 
     async def write(self, job: Job[T]) -> T:
         assert self.writer is not None, "store is not connected"
