@@ -41,7 +41,7 @@ from .endpoints.chat import ChatEndpoint
 from .endpoints.consultation import ConsultationEndpoint
 from .endpoints.notifications import NotificationsEndpoint
 from .endpoints.reservation import ReservationEndpoint
-from .events.node import control, metrics, presence, redis_client, socket_slots
+from .events.node import control, metrics, presence, redis_client, socket_slots, webhooks
 from .events.node.auth import TokenVerifier
 from .events.node.broker import Broker, MemoryBroker
 from .events.node.chat_notices import ChatNotices
@@ -183,6 +183,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
                 "session cookies off: JWT_PUBLIC_KEY is set and SESSION_SECRET is not; the platform's client "
                 "cannot reconnect without its token (set SESSION_SECRET, the same on every node)"
             )
+        runtime.webhooks = webhooks.for_settings(runtime)
+        if runtime.webhooks is not None:
+            runtime.webhooks.start()
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
         commands = await control.listen(runtime)
@@ -211,6 +214,8 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await scheduler.stop()
             await pruner.stop()
             await runtime.chat_notices.close()
+            if runtime.webhooks is not None:
+                await runtime.webhooks.stop()
             await hub.stop()
             await runtime.presence.close()
             await runtime.slots.close()

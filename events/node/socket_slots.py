@@ -23,6 +23,7 @@ import contextlib
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Protocol
 
 from redis.asyncio import Redis
@@ -62,11 +63,29 @@ return 1
 """
 
 
+# KEYS the users' keys. Per key, 1 when it holds a live lease (a socket open on some process).
+_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('ZCOUNT', key, now, '+inf') > 0 and 1 or 0
+end
+return out
+"""
+LIVE_CHUNK = 500  # users per script call
+
+
 class SocketSlots(Protocol):
     async def reserve(self, user_id: int, limit: int) -> str | None:
         """A slot for one more socket of the user, or None at the limit."""
 
     async def release(self, user_id: int, slot: str) -> None: ...
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        """Those of `user_ids` holding a slot on any process (Redis errors are
+        raised). In one process there are none: the Node's own registry of
+        sockets is the whole answer there (`Node.online_users`)."""
 
     async def close(self) -> None: ...
 
@@ -79,6 +98,9 @@ class LocalSlots:
 
     async def release(self, user_id: int, slot: str) -> None:
         return None
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        return set()
 
     async def close(self) -> None:
         return None
@@ -99,6 +121,7 @@ class RedisSlots:
         self.renewer: asyncio.Task[None] | None = None
         self._reserve = self.redis.register_script(_RESERVE)
         self._renew = self.redis.register_script(_RENEW)
+        self._live = self.redis.register_script(_LIVE)
 
     def _key(self, user_id: int) -> str:
         return f"{self.prefix}{user_id}"
@@ -133,6 +156,15 @@ class RedisSlots:
         except (RedisError, OSError) as exc:
             self._failed()
             log.warning("socket slot release failed: %r", exc)
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        users = sorted(set(user_ids))
+        found: set[int] = set()
+        for start in range(0, len(users), LIVE_CHUNK):
+            chunk = users[start : start + LIVE_CHUNK]
+            flags = await self._live(keys=[self._key(u) for u in chunk])
+            found.update(u for u, flag in zip(chunk, flags, strict=True) if int(flag))
+        return found
 
     def _away(self) -> bool:
         return time.monotonic() < self._away_until
