@@ -106,7 +106,10 @@ class Dispatcher:
 
     async def stop(self) -> None:
         self.stopping = True
+        self.wake()
         if self.task is not None:
+            # Let a claim in flight end: cancelled, its leases would still be taken, and wait out their time.
+            await asyncio.wait({self.task}, timeout=STOP_GRACE)
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
@@ -127,7 +130,7 @@ class Dispatcher:
     async def _run(self) -> None:
         failures = 0
         next_count = 0.0
-        while True:
+        while not self.stopping:
             self.wakeup.clear()
             if time.monotonic() >= next_count:
                 next_count = time.monotonic() + COUNT_INTERVAL
@@ -145,6 +148,12 @@ class Dispatcher:
                     await asyncio.sleep(min(CLAIM_BACKOFF_CAP, CLAIM_BACKOFF * 2 ** min(failures, 8)))
                     continue
                 failures = 0
+                if self.stopping:
+                    # Claimed as shutdown began: given back untried.
+                    for batch in batches:
+                        with contextlib.suppress(Exception):
+                            await store.release(self.db, self.node, batch)
+                    return
                 for batch in batches:
                     task = asyncio.create_task(self._deliver(batch), name="webhook-delivery")
                     self.inflight[task] = batch
