@@ -23,7 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from realtime import webhooks as signing
 from realtime.settings import SettingsError, from_env
-from realtime.store.db import Db
+from realtime.store import reservations
+from realtime.store.db import Db, WebhookTargets
+from realtime.store.errors import Conflict
 from tests.conftest import Client, Server, base_settings, chat, free_port, running, token, ws
 from tests.procs import REDIS_URL, fresh_postgres, make_room, ready, require, servers, start
 from tests.webhook_receiver import HANG, SECRET, Receiver, receiving
@@ -486,6 +488,36 @@ async def test_presence_across_two_processes_is_told_once(tmp_path: Path, pg_url
             await asyncio.sleep(1.5)
         kinds = [e["type"] for e in receiver.events if e["stream"] == "presence:5"]
         assert kinds == ["user.online", "user.offline"]
+
+
+async def test_two_answers_racing_on_postgres_make_one_event(pg_url: str) -> None:
+    """The answer locks the request's row: of two processes answering at once,
+    one wins, the other gets `conflict`, and the stream has one answer after its request."""
+    one, two = Db(pg_url), Db(pg_url)
+    await one.connect()
+    await two.connect()
+    try:
+        for db in (one, two):
+            db.use_webhooks(WebhookTargets(("http://backend.example/hook",)))
+        for attempt in range(5):
+            client = {"id": CLIENT, "name": "client"}
+            child = f"child{attempt}"
+            saved = await reservations.create_request(one, EXPERT, client, child, "2030-01-02", "10:00", "sleep")
+            request_id = saved.record["id"]
+            outcomes = await asyncio.gather(
+                reservations.answer(one, EXPERT, request_id, "accepted"),
+                reservations.answer(two, EXPERT, request_id, "rejected"),
+                return_exceptions=True,
+            )
+            assert sum(isinstance(outcome, Conflict) for outcome in outcomes) == 1, outcomes
+            rows = await one.fetch_all(
+                "SELECT type FROM webhook_outbox WHERE stream = ? ORDER BY id", (f"reservation:{request_id}",)
+            )
+            kinds = [row[0] for row in rows]
+            assert kinds[0] == "reservation.requested" and len(kinds) == 2, kinds
+    finally:
+        await one.disconnect()
+        await two.disconnect()
 
 
 # ---- settings, signatures -------------------------------------------------------------
