@@ -52,7 +52,7 @@ from .endpoints.chat import ChatEndpoint
 from .endpoints.consultation import ConsultationEndpoint
 from .endpoints.notifications import NotificationsEndpoint
 from .endpoints.reservation import ReservationEndpoint
-from .events.node import control, metrics, metrics_shared, presence, redis_client, socket_slots
+from .events.node import control, metrics, metrics_shared, presence, redis_client, socket_slots, webhooks
 from .events.node.auth import TokenVerifier
 from .events.node.broker import Broker, MemoryBroker
 from .events.node.chat_notices import ChatNotices
@@ -207,6 +207,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
                 "session cookies off: JWT_PUBLIC_KEY is set and SESSION_SECRET is not; the platform's client "
                 "cannot reconnect without its token (set SESSION_SECRET, the same on every node)"
             )
+        runtime.webhooks = webhooks.for_settings(runtime)
+        if runtime.webhooks is not None:
+            runtime.webhooks.start()
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
         if settings.workers > 1 and shared_metrics is None:
@@ -241,6 +244,8 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await scheduler.stop()
             await pruner.stop()
             await runtime.chat_notices.close()
+            if runtime.webhooks is not None:
+                await runtime.webhooks.stop()
             await hub.stop()
             await app_metrics.close()
             await runtime.presence.close()

@@ -97,6 +97,15 @@ class Settings:
     # uvicorn supervisor (events/node/metrics_shared.py); prometheus_client
     # itself reads the variable when it is imported.
     prometheus_multiproc_dir: Path | None = None
+    # Webhooks to the main backend (docs/webhooks.md): where events are POSTed,
+    # the key that signs them, and how deliveries are timed.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str | None = None
+    webhook_timeout: float = 10.0
+    webhook_retry_window: float = 86_400.0
+    webhook_backoff_max: float = 300.0
+    webhook_unread_window: float = 60.0
+    webhook_presence_debounce: float = 10.0
 
     @property
     def jwt_key(self) -> str:
@@ -178,6 +187,7 @@ class Settings:
                     f"PROMETHEUS_MULTIPROC_DIR: {str(directory)!r} is not a writable directory "
                     "(with --log-config logging.json, uvicorn's supervisor creates and empties it)"
                 )
+        self._check_webhooks()
         files = open_file_limit()
         if files is not None and self.max_connections > files:
             raise SettingsError(
@@ -254,6 +264,50 @@ def placeholders(template: str) -> set[str]:
         names.add(name)
     return names
 
+    def _check_webhooks(self) -> None:
+        for url in self.webhook_urls:
+            problem = webhook_url_problem(url)
+            if problem is not None:
+                raise SettingsError(f"WEBHOOK_URL: {redacted_url(url)!r} {problem}")
+        if len(set(self.webhook_urls)) != len(self.webhook_urls):
+            raise SettingsError("WEBHOOK_URL: a URL is listed twice (each would get every event once more)")
+        if self.webhook_urls and not self.webhook_secret:
+            raise SettingsError(
+                f"WEBHOOK_SECRET: required with WEBHOOK_URL, at least {STRONG_SECRET_LENGTH} bytes "
+                "(e.g. `openssl rand -hex 32`); the receiver checks every delivery's signature with it"
+            )
+        if self.webhook_secret is not None and len(self.webhook_secret.encode()) < STRONG_SECRET_LENGTH:
+            raise SettingsError(
+                f"WEBHOOK_SECRET: must be at least {STRONG_SECRET_LENGTH} bytes long, "
+                f"got {len(self.webhook_secret.encode())} (e.g. `openssl rand -hex 32`)"
+            )
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why `url` cannot receive webhooks, or None."""
+    try:
+        parsed = urlparse(url)
+        parsed.port  # noqa: B018 - raises on a port that is not a number
+    except ValueError:
+        return "has a bad port: write http(s)://host[:port]/path"
+    if parsed.scheme not in ("http", "https"):
+        return "is not an http:// or https:// URL"
+    if not parsed.hostname:
+        return "has no host: write http(s)://host[:port]/path"
+    if parsed.fragment:
+        return "has a #fragment, which is never sent: remove it"
+    return None
+
+
+def redacted_url(url: str) -> str:
+    """`url` fit for logs and error lines: no user info, no query (either may hold a credential)."""
+    try:
+        parsed = urlparse(url)
+    except ValueError:
+        return "<unparsable URL>"
+    netloc = parsed.netloc.rsplit("@", 1)[-1]
+    return parsed._replace(netloc=netloc, query="", fragment="").geturl()
+
 
 def open_file_limit() -> int | None:
     """The soft RLIMIT_NOFILE, or None where there is none (unlimited, or no `resource`)."""
@@ -327,6 +381,21 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         notification_locale=(reader.str("NOTIFICATION_LOCALE") or Settings.notification_locale).lower(),
         notification_texts=reader.path("NOTIFICATION_TEXTS"),
         prometheus_multiproc_dir=reader.path("PROMETHEUS_MULTIPROC_DIR"),
+        webhook_urls=reader.csv("WEBHOOK_URL"),
+        webhook_secret=reader.str("WEBHOOK_SECRET"),
+        webhook_timeout=reader.float("WEBHOOK_TIMEOUT", Settings.webhook_timeout, maximum=300),
+        webhook_retry_window=reader.float(
+            "WEBHOOK_RETRY_WINDOW_SECONDS", Settings.webhook_retry_window, minimum=1, maximum=30 * DAY
+        ),
+        webhook_backoff_max=reader.float(
+            "WEBHOOK_BACKOFF_MAX_SECONDS", Settings.webhook_backoff_max, minimum=0.1, maximum=DAY
+        ),
+        webhook_unread_window=reader.float(
+            "WEBHOOK_UNREAD_WINDOW_SECONDS", Settings.webhook_unread_window, minimum=0.05, maximum=DAY
+        ),
+        webhook_presence_debounce=reader.float(
+            "WEBHOOK_PRESENCE_DEBOUNCE_SECONDS", Settings.webhook_presence_debounce, minimum=0.05, maximum=3600
+        ),
     )
     return settings.checked()
 

@@ -94,6 +94,15 @@ MEANINGS: dict[str, str] = {
     "(a missing key or an unknown placeholder stops start-up)",
     "PROMETHEUS_MULTIPROC_DIR": "directory where every worker's metrics meet, so `/metrics` sums them; emptied at "
     "start-up; unset with `--workers` above 1, a temporary one (see Health, metrics)",
+    "WEBHOOK_URL": "comma-separated `http(s)://` URLs of the main backend that get every event "
+    "([webhooks.md](webhooks.md)); unset, no webhooks",
+    "WEBHOOK_SECRET": "key the webhooks are signed with (HMAC-SHA256), at least 32 bytes; required with `WEBHOOK_URL`",
+    "WEBHOOK_TIMEOUT": "seconds one webhook delivery may take (above 0 up to 300)",
+    "WEBHOOK_RETRY_WINDOW_SECONDS": "seconds an undelivered webhook event is retried before it is parked "
+    "(1 s to 30 days)",
+    "WEBHOOK_BACKOFF_MAX_SECONDS": "the longest wait between two webhook attempts (1 s doubling, jittered)",
+    "WEBHOOK_UNREAD_WINDOW_SECONDS": "`message.unread` at most once per (user, room) per this many seconds",
+    "WEBHOOK_PRESENCE_DEBOUNCE_SECONDS": "seconds without change before `user.online`/`user.offline` is told",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}

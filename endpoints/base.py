@@ -181,6 +181,8 @@ class BaseEndpoint(WebSocketEndpoint):
             raise Refused(POLICY, "too many sockets for this user")
         sockets.add(self)
         self.registered_at = time.time()
+        if len(sockets) == 1:
+            self.rt.sockets_changed(self.user_id)
         self.slot = await self.rt.slots.reserve(self.user_id, limit, self.describe())
         if self.slot is None:
             raise Refused(POLICY, "too many sockets for this user")
@@ -305,6 +307,7 @@ class BaseEndpoint(WebSocketEndpoint):
             if not sockets:
                 del self.rt.sockets[self.user_id]
                 self.rt.user_buckets.pop(self.user_id, None)
+                self.rt.sockets_changed(self.user_id)
         await self.out.drained(timeout=2.0)
         self.rt.metrics.closed(self.close_code, self.out.dropped)
         if self.user_id:

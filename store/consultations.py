@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from . import webhooks
 from .db import Db, Row, Runner, new_id
 from .errors import Conflict, Forbidden, NotFound
 
@@ -195,6 +196,13 @@ async def _set(tx: Runner, consultation_id: str, changes: dict[str, Any]) -> Con
     return _consultation(row)
 
 
+async def _tell(tx: Runner, type_: str, c: Consultation, **more: Any) -> None:
+    """A `consultation.*` webhook event, ordered per consultation (its row is locked by then)."""
+    if webhooks.on(tx):
+        event = webhooks.Event(type_, f"consultation:{c.id}", {"consultation": c.record(), **more})
+        await webhooks.enqueue(tx, [event])
+
+
 def _expect(c: Consultation, status: str, action: str) -> None:
     if c.status != status:
         raise Conflict(f"cannot {action} a consultation that is {c.status}")
@@ -210,7 +218,9 @@ async def start(db: Db, consultation_id: str, by: int | None) -> Consultation:
         _expect(c, WAITING, "start")
         now = _now()
         ends = now + timedelta(minutes=c.duration_minutes)
-        return await _set(tx, c.id, {"status": IN_PROGRESS, "started_at": iso(now), "ends_at": iso(ends)})
+        started = await _set(tx, c.id, {"status": IN_PROGRESS, "started_at": iso(now), "ends_at": iso(ends)})
+        await _tell(tx, "consultation.started", started)
+        return started
 
     return await db.write(job)
 
@@ -223,7 +233,9 @@ async def end(db: Db, consultation_id: str, by: int | None, reason: str) -> Cons
         if by is not None and by != c.expert_id:
             raise Forbidden("only the expert may end the consultation")
         _expect(c, IN_PROGRESS, "end")
-        return await _set(tx, c.id, {"status": COMPLETED, "ended_at": iso(_now()), "end_reason": reason})
+        ended = await _set(tx, c.id, {"status": COMPLETED, "ended_at": iso(_now()), "end_reason": reason})
+        await _tell(tx, "consultation.ended", ended)
+        return ended
 
     return await db.write(job)
 
@@ -236,7 +248,10 @@ async def cancel(db: Db, consultation_id: str, by: int | None, reason: str | Non
         if by is not None and c.role_of(by) is None:
             raise Forbidden("only a participant may cancel the consultation")
         _expect(c, WAITING, "cancel")
-        return await _set(tx, c.id, {"status": CANCELLED, "ended_at": iso(_now()), "end_reason": reason})
+        cancelled = await _set(tx, c.id, {"status": CANCELLED, "ended_at": iso(_now()), "end_reason": reason})
+        # Over before it began: `consultation.ended` with status `cancelled` (docs/webhooks.md).
+        await _tell(tx, "consultation.ended", cancelled)
+        return cancelled
 
     return await db.write(job)
 
@@ -258,7 +273,10 @@ async def end_due(db: Db, reason: str = "time_up") -> list[Consultation]:
             f"WHERE status = ? AND ends_at <= ? RETURNING {COLUMNS}",
             (COMPLETED, now, reason, IN_PROGRESS, now),
         )
-        return [_consultation(row) for row in rows]
+        ended = [_consultation(row) for row in rows]
+        for c in ended:
+            await _tell(tx, "consultation.ended", c)
+        return ended
 
     return await db.write(job)
 
@@ -316,6 +334,8 @@ async def respond_extension(
             assert c.ends_at is not None
             ends = iso(parse(c.ends_at) + timedelta(minutes=ext.duration_minutes))
             c = await _set(tx, c.id, {"ends_at": ends, "duration_minutes": c.duration_minutes + ext.duration_minutes})
+            extension = {"id": ext.id, "requested_by": ext.requested_by, "duration_minutes": ext.duration_minutes}
+            await _tell(tx, "consultation.extended", c, extension=extension)
         return _extension(row), c
 
     return await db.write(job)

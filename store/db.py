@@ -95,10 +95,31 @@ def new_ids(count: int) -> list[str]:
     return [prefix + text[i : i + 12] for i in range(0, 12 * count, 12)]
 
 
+@dataclass(eq=False)
+class WebhookTargets:
+    """The webhook URLs the writer's transactions queue events for (store/webhooks.py).
+
+    `queued` is set by a transaction that queued some; after its commit the
+    writer calls `committed`, which tells the dispatcher (`on_queued`) that
+    rows are there to deliver now rather than at its next poll."""
+
+    urls: tuple[str, ...]
+    on_queued: Callable[[], None] | None = None
+    queued: bool = False
+
+    def committed(self) -> None:
+        if self.queued:
+            self.queued = False
+            if self.on_queued is not None:
+                self.on_queued()
+
+
 class Runner(Protocol):
     # True on the writer when the broker can fail: stream events get outbox rows (store/outbox.py).
     outbox: bool
     raw: Any  # the driver's connection (aiosqlite's, asyncpg's)
+    # Set on the writer when webhooks are on: events get webhook outbox rows (store/webhooks.py).
+    webhooks: WebhookTargets | None
 
     async def fetch_all(self, sql: str, params: Sequence[Any] = ()) -> list[Row]: ...
     async def fetch_one(self, sql: str, params: Sequence[Any] = ()) -> Row | None: ...
@@ -110,6 +131,7 @@ class SqliteRunner:
     """Statements on one aiosqlite connection: one thread hop per call."""
 
     outbox = False
+    webhooks: WebhookTargets | None = None
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -138,6 +160,7 @@ def to_dollar(sql: str) -> str:
 
 class PgRunner:
     outbox = False
+    webhooks: WebhookTargets | None = None
 
     def __init__(self, raw: Any) -> None:
         self.raw = raw
@@ -238,6 +261,8 @@ class GroupCommitWriter:
         self.on_batch: Callable[[int, float], None] | None = None
         # Called per failed transaction: "transient" or "other", for metrics.
         self.on_fault: Callable[[str], None] | None = None
+        # Called after each transaction that committed (webhook rows to deliver: Db.use_webhooks).
+        self.on_commit: Callable[[], None] | None = None
 
     @property
     def runner(self) -> Runner:
@@ -411,6 +436,8 @@ class GroupCommitWriter:
         self.batches += 1
         self.jobs += len(batch)
         self.problem, self.failures = None, 0
+        if self.on_commit is not None:
+            self.on_commit()
         for future, result, error in outcomes:
             _settle(future, result, error)
         return False
@@ -591,6 +618,7 @@ class Db:
         self._lock_file: IO[str] | None = None
         self._sole_lock = False
         self._outbox = False  # see use_outbox
+        self._webhooks: WebhookTargets | None = None  # see use_webhooks
         self._reader: Held | None = None
         self._reader_lock = asyncio.Lock()
         self.writer: GroupCommitWriter | None = None
@@ -644,6 +672,7 @@ class Db:
         held = await self._open()
         # Every writer connection, the first and each that replaces a lost one.
         held.runner.outbox = self._outbox
+        held.runner.webhooks = self._webhooks
         if self._sole_lock and not self.is_sqlite:
             # The session lock went with the old connection: take it again.
             row = await held.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
@@ -685,6 +714,13 @@ class Db:
         assert self.writer is not None, "store is not connected"
         self._outbox = True
         self.writer.runner.outbox = True
+
+    def use_webhooks(self, targets: WebhookTargets) -> None:
+        """Give events webhook outbox rows for `targets` from now on (store/webhooks.py)."""
+        assert self.writer is not None, "store is not connected"
+        self._webhooks = targets
+        self.writer.runner.webhooks = targets
+        self.writer.on_commit = targets.committed
 
     async def write(self, job: Job[T]) -> T:
         assert self.writer is not None, "store is not connected"

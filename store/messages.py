@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from . import outbox, streams
+from . import outbox, streams, webhooks
 from .db import Db, Row, Runner, new_ids, utc_now
 from .errors import AccessEnded, Forbidden, NotFound
 
@@ -66,6 +66,13 @@ class NewMessage:
         return (self.room_id, int(self.sender["id"]), self.client_msg_id)
 
 
+def created_event(posted: Posted) -> webhooks.Event:
+    """`message.created`, ordered per room (its `streams` row is locked by then)."""
+    message = posted.message
+    stream = streams.chat_stream(message["room_id"])
+    return webhooks.Event("message.created", stream, {"room_id": message["room_id"], "message": message})
+
+
 class PostMessages:
     """Chat messages of a whole group commit in a handful of statements:
     one look-up of repeated `client_msg_id`s, one seq reservation per batch,
@@ -95,7 +102,7 @@ class PostMessages:
                 stream = streams.chat_stream(items[index].room_id)
                 counts[stream] = counts.get(stream, 0) + 1
             seqs = await streams.advance(tx, counts)
-            rows, events = [], []
+            rows, events, posted = [], [], []
             # One clock reading and one draw of ids for the whole commit.
             now, ids = utc_now(), new_ids(len(fresh))
             for index, id_ in zip(fresh, ids, strict=True):
@@ -112,9 +119,13 @@ class PostMessages:
                 text = streams.frame("chat_message", seq, {"message": record})
                 rows.append(row)
                 events.append((stream, seq, text, now))
-                results[index] = Posted(record, text, seq)
+                done = Posted(record, text, seq)
+                results[index] = done
+                posted.append(done)
             await tx.executemany(f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
             await outbox.record(tx, events)
+            if webhooks.on(tx):
+                await webhooks.enqueue(tx, [created_event(p) for p in posted])
         for index, item in enumerate(items):
             if results[index] is None:
                 original = results[first_of[item.key]]

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from . import outbox, streams
+from . import outbox, streams, webhooks
 from .db import Db, Row, Runner, new_id, utc_now
 from .errors import NotFound
 
@@ -105,6 +105,7 @@ async def create(
             created.append(Created(user_id, seq, record, frame))
         await tx.executemany(f"INSERT INTO notifications ({COLUMNS}) VALUES ({', '.join('?' * 10)})", rows_out)
         await outbox.record(tx, events)
+        await _webhook_events(tx, created)
         return created
 
     return await db.write(job)
@@ -176,9 +177,26 @@ async def coalesce_chat(db: Db, room_id: str, notices: list[ChatNotice]) -> list
                 "UPDATE notifications SET title = ?, body = ?, message_count = ? WHERE id = ?", updates
             )
         await outbox.record(tx, events)
+        await _webhook_events(tx, out)
         return out
 
     return await db.write(job)
+
+
+async def _webhook_events(tx: Runner, created: list[Created]) -> None:
+    """`notification.created` for each new one (a chat notification updated in
+    place is not new), ordered per user: its `streams` row is locked by then."""
+    if webhooks.on(tx):
+        events = [
+            webhooks.Event(
+                "notification.created",
+                streams.user_stream(c.user_id),
+                {"user_id": c.user_id, "notification": c.notification},
+            )
+            for c in created
+            if c.event == "new_notification"
+        ]
+        await webhooks.enqueue(tx, events)
 
 
 async def snapshot(db: Db, user_id: int, limit: int) -> tuple[list[dict[str, Any]], int, int]:

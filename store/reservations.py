@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from . import streams
+from . import streams, webhooks
 from .db import Db, Row, Runner, new_id, utc_now
 from .errors import Conflict, NotFound
 
@@ -116,7 +116,9 @@ async def create_request(
             utc_now(),
         )
         await tx.execute(f"INSERT INTO reservation_requests ({REQUEST_COLUMNS}) VALUES ({', '.join('?' * 13)})", row)
-        return Saved(request_record(row), True)
+        record = request_record(row)
+        await _tell(tx, "reservation.requested", expert_id, record)
+        return Saved(record, True)
 
     return await db.write(job)
 
@@ -134,11 +136,15 @@ async def answer(
     ids reveal nothing."""
 
     async def job(tx: Runner) -> dict[str, Any]:
-        sql = f"SELECT {REQUEST_COLUMNS} FROM reservation_requests WHERE id = ? AND expert_id = ?"
-        params: tuple[Any, ...] = (request_id, expert_id)
-        if client_id is not None:
-            sql += " AND client_id = ?"
-            params += (client_id,)
+        # A no-op UPDATE, not a SELECT: it locks the row on PostgreSQL until the
+        # transaction ends, so of two answers racing on two processes the second
+        # sees the first's status (and its webhook event comes second).
+        sql = (
+            "UPDATE reservation_requests SET status = status WHERE id = ? AND expert_id = ?"
+            + (" AND client_id = ?" if client_id is not None else "")
+            + f" RETURNING {REQUEST_COLUMNS}"
+        )
+        params: tuple[Any, ...] = (request_id, expert_id) + ((client_id,) if client_id is not None else ())
         row = await tx.fetch_one(sql, params)
         if row is None:
             raise NotFound("no such reservation request")
@@ -148,9 +154,19 @@ async def answer(
             "UPDATE reservation_requests SET status = ?, reason = ?, answered_at = ? WHERE id = ?",
             (status, reason, utc_now(), request_id),
         )
-        return request_record((*row[:9], status, reason, *row[11:]))
+        record = request_record((*row[:9], status, reason, *row[11:]))
+        await _tell(tx, f"reservation.{status}", expert_id, record)
+        return record
 
     return await db.write(job)
+
+
+async def _tell(tx: Runner, type_: str, expert_id: int, request: dict[str, Any]) -> None:
+    """A `reservation.*` webhook event, ordered per request: its row is written
+    (created) or locked (answered) by then."""
+    if webhooks.on(tx):
+        event = webhooks.Event(type_, f"reservation:{request['id']}", {"expert_id": expert_id, "request": request})
+        await webhooks.enqueue(tx, [event])
 
 
 async def post_message(

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -41,6 +41,7 @@ class Watched(Protocol):
 # `other`, so a client cannot create series at will.
 CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1008, 1009, 1011, 1012, 1013, 4001, 4003, 4004})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+WEBHOOK_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 _TYPE_PREFIX = '{"type":"'
 # With several workers (metrics_shared.py): how each gauge the runtime keeps
@@ -123,6 +124,41 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        # Webhooks (events/node/webhooks.py): the outbox's rows by state, counted
+        # every few seconds (every process's rows), and this process's attempts.
+        self.webhook_backlog = Gauge(
+            "realtime_webhook_backlog",
+            "Webhook events waiting for delivery (pending outbox rows, one per event and URL, all processes).",
+            registry=r,
+        )
+        self.webhook_parked = Gauge(
+            "realtime_webhook_parked",
+            "Webhook events given up on after WEBHOOK_RETRY_WINDOW_SECONDS (parked outbox rows, all processes).",
+            registry=r,
+        )
+        self.webhook_deliveries = Counter(
+            "realtime_webhook_deliveries",
+            "Webhook POSTs this process made that the receiver took (2xx).",
+            registry=r,
+        )
+        self.webhook_events = Counter(
+            "realtime_webhook_delivered_events", "Webhook events in the POSTs the receiver took.", registry=r
+        )
+        self.webhook_failures = Counter(
+            "realtime_webhook_failures",
+            "Failed webhook POSTs, by reason: `timeout`, `connection`, `http_4xx`, `http_5xx`, `http_3xx`, `other`.",
+            ["reason"],
+            registry=r,
+        )
+        self.webhook_parked_events = Counter(
+            "realtime_webhook_parked_events", "Webhook events this process parked.", registry=r
+        )
+        self.webhook_seconds = Histogram(
+            "realtime_webhook_delivery_seconds",
+            "Duration of webhook POSTs the receiver took.",
+            buckets=WEBHOOK_BUCKETS,
+            registry=r,
+        )
         self._in: dict[tuple[str, str], Any] = {}
         self._out: dict[str, Any] = {}
         self._errors: dict[str, Any] = {}
@@ -197,6 +233,14 @@ class Metrics:
 
     def store_fault(self, kind: str) -> None:
         self.store_errors.labels(kind).inc()
+
+    def webhook_delivered(self, events: int, seconds: float) -> None:
+        self.webhook_deliveries.inc()
+        self.webhook_events.inc(events)
+        self.webhook_seconds.observe(seconds)
+
+    def webhook_failed(self, reason: str) -> None:
+        self.webhook_failures.labels(reason).inc()
 
     def _count_out(self, type_: str, n: int) -> None:
         child = self._out.get(type_)

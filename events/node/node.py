@@ -32,6 +32,7 @@ from .redis_client import RedisClients
 from .revocation import Revocations
 from .session import SessionCookies
 from .socket_slots import LocalSlots, SocketSlots
+from .webhooks import Webhooks
 
 
 class Socket(Protocol):
@@ -98,6 +99,8 @@ class Node:
     sessions: SessionCookies | None = None
     # The one Redis client factory of this process (presence, slots, tick locks); None with memory://.
     redis: RedisClients | None = None
+    # Webhooks to the main backend (events/node/webhooks.py); None without WEBHOOK_URL.
+    webhooks: Webhooks | None = None
     # Set by the shutdown drain (endpoints/drain.py): new sockets are refused, new frames answered `unavailable`.
     draining: bool = False
     # Frames whose handler is running (a store write and its echo in flight).
@@ -175,6 +178,8 @@ class Node:
         if posted.frame is not None:
             await self.publish(stream, "chat_message", posted.frame, posted.seq)
             notify.chat_message(self, room_id, posted.message)
+            if self.webhooks is not None:
+                self.webhooks.message_posted(room_id, posted.message)
             return
         # A retry of a message already stored. Its first publish may never have
         # happened (the commit's answer was lost, so the caller was told
@@ -213,6 +218,21 @@ class Node:
         if image:
             user["profile_image"] = image
         return user
+
+    async def online_users(self, user_ids: Iterable[int]) -> set[int]:
+        """Those of `user_ids` with a socket open (any channel) on any process;
+        with Redis, its errors are raised."""
+        wanted = set(user_ids)
+        here = {u for u in wanted if self.sockets.get(u)}
+        elsewhere = wanted - here
+        if not elsewhere:
+            return here
+        return here | await self.slots.online(elsewhere)
+
+    def sockets_changed(self, user_id: int) -> None:
+        """A user's first socket in this process opened, or its last one closed."""
+        if self.webhooks is not None:
+            self.webhooks.sockets_changed(user_id)
 
     def user_bucket(self, user_id: int) -> TokenBucket:
         bucket = self.user_buckets.get(user_id)

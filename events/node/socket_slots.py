@@ -30,6 +30,7 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -101,6 +102,19 @@ return out
 UNKNOWN: dict[str, Any] = {"channel": None, "access": None, "opened_at": None}
 
 
+# KEYS the users' keys. Per key, 1 when it holds a live lease (a socket open on some process).
+_LIVE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for i, key in ipairs(KEYS) do
+  out[i] = redis.call('ZCOUNT', key, now, '+inf') > 0 and 1 or 0
+end
+return out
+"""
+LIVE_CHUNK = 500  # users per script call
+
+
 class SocketSlots(Protocol):
     async def reserve(self, user_id: int, limit: int, info: dict[str, Any]) -> str | None:
         """A slot for one more socket of the user, or None at the limit. `info`
@@ -113,6 +127,11 @@ class SocketSlots(Protocol):
 
     async def elsewhere(self, user_id: int) -> list[dict[str, Any]]:
         """The user's sockets on the other processes, as each process described them."""
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        """Those of `user_ids` holding a slot on any process (Redis errors are
+        raised). In one process there are none: the Node's own registry of
+        sockets is the whole answer there (`Node.online_users`)."""
 
     async def close(self) -> None: ...
 
@@ -131,6 +150,9 @@ class LocalSlots:
 
     async def elsewhere(self, user_id: int) -> list[dict[str, Any]]:
         return []
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        return set()
 
     async def close(self) -> None:
         return None
@@ -153,6 +175,7 @@ class RedisSlots:
         self._reserve = self.redis.register_script(_RESERVE)
         self._renew = self.redis.register_script(_RENEW)
         self._list = self.redis.register_script(_LIST)
+        self._live = self.redis.register_script(_LIVE)
 
     def _keys(self, user_id: int) -> list[str]:
         key = f"{self.prefix}{user_id}"
@@ -233,6 +256,15 @@ class RedisSlots:
             if not member.startswith(own):
                 listed.append(_info(info))
         return listed
+
+    async def online(self, user_ids: Iterable[int]) -> set[int]:
+        users = sorted(set(user_ids))
+        found: set[int] = set()
+        for start in range(0, len(users), LIVE_CHUNK):
+            chunk = users[start : start + LIVE_CHUNK]
+            flags = await self._live(keys=[self._keys(u)[0] for u in chunk])
+            found.update(u for u, flag in zip(chunk, flags, strict=True) if int(flag))
+        return found
 
     def _away(self) -> bool:
         return time.monotonic() < self._away_until
