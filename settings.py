@@ -206,6 +206,24 @@ class Settings:
             )
         return load_templates(TEXTS_DIR / f"{self.notification_locale}.json", "NOTIFICATION_LOCALE")
 
+    def _check_webhooks(self) -> None:
+        for url in self.webhook_urls:
+            problem = webhook_url_problem(url)
+            if problem is not None:
+                raise SettingsError(f"WEBHOOK_URL: {redacted_url(url)!r} {problem}")
+        if len(set(self.webhook_urls)) != len(self.webhook_urls):
+            raise SettingsError("WEBHOOK_URL: a URL is listed twice (each would get every event once more)")
+        if self.webhook_urls and not self.webhook_secret:
+            raise SettingsError(
+                f"WEBHOOK_SECRET: required with WEBHOOK_URL, at least {STRONG_SECRET_LENGTH} bytes "
+                "(e.g. `openssl rand -hex 32`); the receiver checks every delivery's signature with it"
+            )
+        if self.webhook_secret is not None and len(self.webhook_secret.encode()) < STRONG_SECRET_LENGTH:
+            raise SettingsError(
+                f"WEBHOOK_SECRET: must be at least {STRONG_SECRET_LENGTH} bytes long, "
+                f"got {len(self.webhook_secret.encode())} (e.g. `openssl rand -hex 32`)"
+            )
+
 
 def shipped_locales() -> list[str]:
     return sorted(path.stem for path in TEXTS_DIR.glob("*.json"))
@@ -263,24 +281,6 @@ def placeholders(template: str) -> set[str]:
             raise ValueError(f"{{{name}}} is not a plain {{name}} placeholder")
         names.add(name)
     return names
-
-    def _check_webhooks(self) -> None:
-        for url in self.webhook_urls:
-            problem = webhook_url_problem(url)
-            if problem is not None:
-                raise SettingsError(f"WEBHOOK_URL: {redacted_url(url)!r} {problem}")
-        if len(set(self.webhook_urls)) != len(self.webhook_urls):
-            raise SettingsError("WEBHOOK_URL: a URL is listed twice (each would get every event once more)")
-        if self.webhook_urls and not self.webhook_secret:
-            raise SettingsError(
-                f"WEBHOOK_SECRET: required with WEBHOOK_URL, at least {STRONG_SECRET_LENGTH} bytes "
-                "(e.g. `openssl rand -hex 32`); the receiver checks every delivery's signature with it"
-            )
-        if self.webhook_secret is not None and len(self.webhook_secret.encode()) < STRONG_SECRET_LENGTH:
-            raise SettingsError(
-                f"WEBHOOK_SECRET: must be at least {STRONG_SECRET_LENGTH} bytes long, "
-                f"got {len(self.webhook_secret.encode())} (e.g. `openssl rand -hex 32`)"
-            )
 
 
 def webhook_url_problem(url: str) -> str | None:
