@@ -45,7 +45,7 @@ from .events.node import operations, topics
 from .events.node.node import Runtime
 from .events.protocol.chat import ChatMessage, FetchHistory
 from .events.protocol.frames import has_nul
-from .events.protocol.notifications import safe_url
+from .events.protocol.links import safe_url
 from .server import create_app
 from .settings import Settings
 from .store import consultations

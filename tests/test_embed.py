@@ -139,6 +139,7 @@ async def test_bad_calls_raise_and_store_nothing(host: tuple[str, Realtime]) -> 
             {"title": "   "},
             {"title": ""},
             {"action_url": "javascript:alert(1)"},
+            {"action_url": "/\\evil.example/x"},
             {"user_ids": []},
             {"user_ids": [0]},
             {"body": "x" * 2001},
