@@ -32,9 +32,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import msgspec
+from msgspec import Meta, Struct
 from starlette.applications import Starlette
 
 from .endpoints.api import RoomBody, UserBody, UserId
@@ -43,7 +44,8 @@ from .endpoints.notifications_api import NotificationBody
 from .events.node import operations, topics
 from .events.node.node import Runtime
 from .events.protocol.chat import ChatMessage, FetchHistory
-from .events.protocol.notifications import safe_url
+from .events.protocol.frames import has_nul
+from .events.protocol.links import safe_url
 from .server import create_app
 from .settings import Settings
 from .store import consultations
@@ -145,6 +147,10 @@ class Realtime:
         frame = _checked(ChatMessage, fields)
         if user_id is not None and sender is not None:
             raise ValueError("give at most one of `user_id` and `sender`")
+        if sender is not None:
+            sender = msgspec.structs.asdict(_checked(Sender, sender))
+            if sender["profile_image"] is None:
+                del sender["profile_image"]
         posted = await operations.post_message(
             self.runtime,
             _room(room_id),
@@ -258,8 +264,19 @@ class Realtime:
 S = TypeVar("S", bound=msgspec.Struct)
 
 
+class Sender(Struct, forbid_unknown_fields=True):
+    """`publish(sender=...)`: who a message is shown from (id 0: the system)."""
+
+    id: Annotated[int, Meta(ge=0, le=2**63 - 1)]
+    name: Annotated[str, Meta(min_length=1, max_length=200)]
+    profile_image: Annotated[str, Meta(max_length=2048)] | None = None
+
+
 def _checked(kind: type[S], fields: dict[str, Any]) -> S:
-    """`fields` as the route's struct, or `ValueError` with msgspec's reason."""
+    """`fields` as the route's struct, or `ValueError` with msgspec's reason (or
+    for a NUL character, which the routes refuse too: PostgreSQL text cannot hold one)."""
+    if has_nul(fields):
+        raise ValueError("text must not contain NUL characters (\\u0000)")
     try:
         return msgspec.convert(fields, kind)
     except msgspec.ValidationError as exc:

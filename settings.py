@@ -252,6 +252,12 @@ def load_templates(path: Path, variable: str) -> dict[str, str]:
                 f"{variable}: {path}: {key} uses {', '.join('{' + name + '}' for name in sorted(extra))}; "
                 f"it may use {', '.join('{' + name + '}' for name in sorted(allowed)) or 'no placeholder'}"
             )
+        try:
+            # Rendered once now, with text as every value is: a format spec that
+            # text does not take (`{when:d}`) would otherwise fail each notification.
+            template.format_map(dict.fromkeys(allowed, "text"))
+        except ValueError as exc:
+            raise SettingsError(f"{variable}: {path}: {key}: {exc}") from None
     return templates
 
 

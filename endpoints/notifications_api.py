@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from ..events.node.node import Runtime
-from ..events.protocol.notifications import safe_url
+from ..events.protocol.links import safe_url
 from .api import ApiError, UserId, body, service
 
 MAX_RECIPIENTS = 10_000

@@ -99,8 +99,10 @@ def discover(directory: Path | None, dialect: str) -> list[Migration]:
     assert dialect in DIALECTS, dialect
     known = [Migration(FIRST, "schema", SCHEMA)]
     folder = MIGRATIONS if directory is None else directory
-    if directory is None and not folder.is_dir():
-        return known  # an installed package with no later version ships no folder
+    if not folder.is_dir():
+        # Not skipped: a package installed without its migrations would start a
+        # fresh database at version 1 and fail only where a later table is used.
+        raise MigrationError(f"schema migrations: {folder} is not a folder (the package is installed incompletely)")
     chosen: dict[int, tuple[str, dict[str | None, Path]]] = {}
     for path in sorted(folder.iterdir()):
         if not path.name.endswith(".sql"):

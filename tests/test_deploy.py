@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tomllib
+from fnmatch import fnmatch
 from importlib.metadata import packages_distributions
 from pathlib import Path
 
@@ -39,6 +40,14 @@ def normalized(name: str) -> str:
 def test_the_image_is_slim_and_runs_as_a_user() -> None:
     assert instruction("FROM") == "python:3.11-slim"
     assert instruction("USER") not in ("root", "0")
+
+
+def test_the_build_context_leaves_out_local_build_output() -> None:
+    """`COPY . .` takes the checkout as it is: a local `npm ci` or client build must not ride along."""
+    patterns = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()]
+    patterns = [p for p in patterns if p and not p.startswith("#")]
+    for path in ("clients/js/node_modules", "node_modules", "clients/js/dist"):
+        assert any(fnmatch(path, pattern) for pattern in patterns), path
 
 
 def test_the_image_installs_every_distribution_the_server_imports() -> None:

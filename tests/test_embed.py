@@ -139,6 +139,7 @@ async def test_bad_calls_raise_and_store_nothing(host: tuple[str, Realtime]) -> 
             {"title": "   "},
             {"title": ""},
             {"action_url": "javascript:alert(1)"},
+            {"action_url": "/\\evil.example/x"},
             {"user_ids": []},
             {"user_ids": [0]},
             {"body": "x" * 2001},
@@ -262,6 +263,18 @@ async def test_bad_python_api_calls_raise_and_change_nothing(host: tuple[str, Re
         realtime.history("r3", limit=True),
         realtime.user_presence(0),
         realtime.sockets("1"),  # type: ignore[arg-type]
+        # NUL characters, refused as the routes refuse them (PostgreSQL text cannot hold one).
+        realtime.publish("r3", "a\x00b"),
+        realtime.put_user(1, "Min\x00ji"),
+        realtime.notify([1], "system", "t", "b\x00"),
+        realtime.create_room([1], consultation_id="c\x00"),
+        # A `sender` is `{id, name, profile_image?}`.
+        realtime.publish("r3", "x", sender={"name": "Bot"}),
+        realtime.publish("r3", "x", sender={"id": "7", "name": "Bot"}),
+        realtime.publish("r3", "x", sender={"id": 7, "name": ""}),
+        realtime.publish("r3", "x", sender={"id": -1, "name": "Bot"}),
+        realtime.publish("r3", "x", sender={"id": 7, "name": "Bot", "role": "admin"}),
+        realtime.publish("r3", "x", sender={"id": 7, "name": "B\x00t"}),
     ]
     for call in bad_calls:
         with pytest.raises(ValueError):
@@ -278,3 +291,7 @@ async def test_bad_python_api_calls_raise_and_change_nothing(host: tuple[str, Re
             await missing
     assert await realtime.get_user(1) is None
     assert await realtime.room_members("r3") == [1]
+    assert await realtime.history("r3") == ([], False)
+    # A valid `sender` is shown as given.
+    message = await realtime.publish("r3", "hi", sender={"id": 7, "name": "Bot"})
+    assert message["sender"] == {"id": 7, "name": "Bot"}

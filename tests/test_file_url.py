@@ -8,6 +8,7 @@ import json
 import pytest
 
 from realtime.events.protocol.chat import ChatMessage
+from realtime.events.protocol.links import safe_url
 from tests.conftest import Server, chat
 
 # Each of these a browser (or a client that decodes the URL first) may follow to another host.
@@ -53,3 +54,9 @@ async def test_a_file_url_that_leaves_the_server_is_refused(server: Server, url:
 @pytest.mark.parametrize("url", GOOD)
 def test_links_and_paths_on_this_server_are_taken(url: str) -> None:
     assert ChatMessage(content="x", message_type="file", file_url=url).file_url == url
+
+
+def test_one_check_for_every_link_a_client_renders() -> None:
+    """A notification's `action_url` is a link as `file_url` is: the same check."""
+    assert not any(safe_url(url) for url in BAD)
+    assert all(safe_url(url) for url in GOOD)

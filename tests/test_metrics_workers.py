@@ -8,14 +8,19 @@ import asyncio
 import contextlib
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from prometheus_client import generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.parser import text_string_to_metric_families
 
+from realtime.events.node import metrics_shared
 from tests.conftest import Client, token, ws
-from tests.procs import REDIS_URL, Proc, ready, require, start
+from tests.procs import REDIS_URL, ROOT, Proc, ready, require, start
 from tests.test_metrics import Samples, scrape, value
 
 WORKERS = 2
@@ -165,3 +170,51 @@ async def test_workers_without_a_directory_get_one_for_the_run(tmp_path: Path) -
             samples, "process_start_time_seconds"
         )
     assert not directory.exists()
+
+
+# A worker that counted the webhook outbox, as the dispatcher does, then stops
+# (`retire`: True, a clean stop) or dies (False).
+COUNTING_WORKER = """
+import sys
+from pathlib import Path
+from prometheus_client import CollectorRegistry
+from realtime.events.node import metrics, metrics_shared
+directory = Path(sys.argv[1])
+m = metrics.Metrics(CollectorRegistry(), directory)
+m.webhook_backlog.set(float(sys.argv[2]))
+m.webhook_parked.set(float(sys.argv[3]))
+if sys.argv[4] == "retire":
+    metrics_shared.retire(directory)
+"""
+
+
+def counting_worker(directory: Path, backlog: int, parked: int, end: str) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    subprocess.run(
+        [sys.executable, "-c", COUNTING_WORKER, str(directory), str(backlog), str(parked), end],
+        cwd=ROOT,
+        env=env,
+        check=True,
+        timeout=60,
+    )
+
+
+def merged(directory: Path, name: str) -> list[tuple[dict[str, str], float]]:
+    text = generate_latest(metrics_shared.scrape_registry(directory)).decode()
+    return [(s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples if s.name == name]
+
+
+def test_the_webhook_outbox_gauges_are_one_series_over_the_workers(tmp_path: Path) -> None:
+    """Every worker counts the same shared table: the merged gauge is the latest
+    count, not one series per pid (summed by a dashboard, kept after the pid is gone)."""
+    directory = tmp_path / "metrics"
+    directory.mkdir()
+    counting_worker(directory, 5, 1, "stay")
+    counting_worker(directory, 7, 2, "stay")
+    assert merged(directory, "realtime_webhook_backlog") == [({}, 7.0)]
+    assert merged(directory, "realtime_webhook_parked") == [({}, 2.0)]
+    # A worker that stops takes its count out; a dead one's is swept at the next start.
+    counting_worker(directory, 9, 3, "retire")
+    assert merged(directory, "realtime_webhook_backlog") == [({}, 7.0)]
+    metrics_shared.sweep(directory)
+    assert merged(directory, "realtime_webhook_backlog") == []

@@ -374,3 +374,13 @@ def test_versions_are_taken_in_order_and_other_files_are_left_alone(tmp_path: Pa
 def test_the_package_folder_holds_only_valid_migrations() -> None:
     for dialect in migrate.DIALECTS:
         assert discover(None, dialect)[0].name == "schema"
+
+
+def test_a_package_without_its_migrations_folder_refuses_start_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An install that lost store/migrations/ must not start a fresh database at version 1."""
+    monkeypatch.setattr(migrate, "MIGRATIONS", tmp_path / "missing")
+    for dialect in migrate.DIALECTS:
+        with pytest.raises(MigrationError, match="is not a folder"):
+            discover(None, dialect)

@@ -173,6 +173,9 @@ def write_texts(tmp_path: Path, **changes: str | None) -> Path:
         ({"chat_file_preview": "{file_name.upper}"}, ["chat_file_preview", "{file_name.upper}"]),
         ({"chat_file_preview": "{file_name"}, ["chat_file_preview"]),
         ({"chat_image_preview": "  "}, ["chat_image_preview", "non-blank"]),
+        # Every value is text: a spec for numbers fails at start-up, not at each notification.
+        ({"chat_file_preview": "File: {file_name:d}"}, ["chat_file_preview", "format code 'd'"]),
+        ({"reservation_accepted_body": "{child_name:,}, {when}"}, ["reservation_accepted_body"]),
         ({"greeting": "hi"}, ["unknown keys: greeting"]),
     ],
 )

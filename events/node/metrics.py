@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -56,6 +56,8 @@ ACROSS_WORKERS = {
 }
 # Measured by the worker that answers a scrape, not copied once a second.
 MEASURED_AT_SCRAPE = ("realtime_outbox_backlog",)
+# How a gauge every worker sets from the same shared count combines (the webhook outbox's).
+SHARED_COUNT: Final = "livemostrecent"
 
 
 def frame_type(text: str) -> str:
@@ -126,15 +128,19 @@ class Metrics:
         )
         # Webhooks (events/node/webhooks.py): the outbox's rows by state, counted
         # every few seconds (every process's rows), and this process's attempts.
+        # Each worker counts the same shared table: with several, the latest
+        # count of a live one, not one series per pid that outlives its worker.
         self.webhook_backlog = Gauge(
             "realtime_webhook_backlog",
             "Webhook events waiting for delivery (pending outbox rows, one per event and URL, all processes).",
             registry=r,
+            multiprocess_mode=SHARED_COUNT,
         )
         self.webhook_parked = Gauge(
             "realtime_webhook_parked",
             "Webhook events given up on after WEBHOOK_RETRY_WINDOW_SECONDS (parked outbox rows, all processes).",
             registry=r,
+            multiprocess_mode=SHARED_COUNT,
         )
         self.webhook_deliveries = Counter(
             "realtime_webhook_deliveries",

@@ -40,8 +40,3 @@ def bulk_update(notifications: list[dict[str, Any]], unread_count: int, last_seq
             "epoch": epoch,
         }
     )
-
-
-def safe_url(url: str) -> bool:
-    # The user's client renders it as a link: no javascript:, data: or other schemes.
-    return url.startswith(("https://", "http://")) or (url.startswith("/") and not url.startswith("//"))
