@@ -19,6 +19,7 @@ if not __package__:
     _sys.modules["realtime.server"] = _sys.modules[__name__]
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -163,14 +164,20 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        # Every service is stopped by the stack, in the reverse order of its start,
+        # also when a later one fails to start (an embedding host lives on after that).
+        async with contextlib.AsyncExitStack() as stack:
+            yield await start_services(app, stack)
+
+    async def start_services(app: Starlette, stack: contextlib.AsyncExitStack) -> dict[str, Any]:
         db = Db(settings.database_url, busy_timeout=settings.store_busy_timeout)
         try:
             await db.connect()
         except MigrationError as exc:
             raise SystemExit(f"realtime: DATABASE_URL={db.shown_url}: {exc}") from None
+        stack.push_async_callback(db.disconnect)
         await streams.ensure_table_epoch(db)
         if not redis_client.uses_redis(settings) and not await db.claim_sole_process():
-            await db.disconnect()
             raise SystemExit(
                 "realtime: another server process already uses this database with BROKER_URL=memory://; "
                 "it would split every room between processes: set BROKER_URL=redis://... to run several"
@@ -179,6 +186,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         if hub.outbox is not None:
             db.use_outbox()
         await hub.start()
+        stack.push_async_callback(hub.stop)
         verifier = TokenVerifier(
             settings.jwt_key,
             list(settings.jwt_algorithms),
@@ -188,6 +196,8 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         )
         # One Redis client (one pool) for presence, slots and tick locks; the broker keeps its own.
         redis = redis_client.for_settings(settings)
+        if redis is not None:
+            stack.push_async_callback(redis.close)
         runtime = Runtime(
             settings,
             db,
@@ -202,6 +212,9 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             sessions=session_cookies(settings, verifier),
             pending_per_address=guard.PendingPerAddress(settings.max_pending_per_ip),
         )
+        stack.push_async_callback(runtime.slots.close)
+        stack.push_async_callback(runtime.presence.close)
+        stack.push_async_callback(runtime.chat_notices.close)
         if runtime.sessions is None:
             log.warning(
                 "session cookies off: JWT_PUBLIC_KEY is set and SESSION_SECRET is not; the platform's client "
@@ -210,8 +223,10 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
         runtime.webhooks = webhooks.for_settings(runtime)
         if runtime.webhooks is not None:
             runtime.webhooks.start()
+            stack.push_async_callback(runtime.webhooks.stop)
         app.state.runtime = runtime
         app_metrics.watch(runtime, [endpoint.channel for _, endpoint in SOCKETS])
+        stack.push_async_callback(app_metrics.close)
         if settings.workers > 1 and shared_metrics is None:
             log.warning(
                 "%d workers without PROMETHEUS_MULTIPROC_DIR: /metrics shows the worker that answers only "
@@ -219,6 +234,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
                 settings.workers,
             )
         commands = await control.listen(runtime)
+        stack.push_async_callback(commands.close)
         describe_agora(settings)
         if not settings.allowed_origins and not settings.dev_mode:
             log.info(
@@ -230,29 +246,16 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlet
             await dev.seed(runtime, f"ws://127.0.0.1:{port}")
         scheduler = Scheduler(runtime)
         scheduler.start()
-        drain = Drain(runtime, settings.drain_timeout)
-        drain.install()
-        guard.AcceptErrors.install(asyncio.get_running_loop())
+        stack.push_async_callback(scheduler.stop)
         pruner = app.state.pruner = Pruner(settings, db)
         pruner.start()
-        try:
-            # The lifespan state reaches `--http realtime.transport.guard:http_protocol` through uvicorn.
-            yield guard.state(settings, runtime.pending_per_address)
-        finally:
-            drain.uninstall()
-            await commands.close()
-            await scheduler.stop()
-            await pruner.stop()
-            await runtime.chat_notices.close()
-            if runtime.webhooks is not None:
-                await runtime.webhooks.stop()
-            await hub.stop()
-            await app_metrics.close()
-            await runtime.presence.close()
-            await runtime.slots.close()
-            if redis is not None:
-                await redis.close()
-            await db.disconnect()
+        stack.push_async_callback(pruner.stop)
+        drain = Drain(runtime, settings.drain_timeout)
+        drain.install()
+        stack.callback(drain.uninstall)
+        guard.AcceptErrors.install(asyncio.get_running_loop())
+        # The lifespan state reaches `--http realtime.transport.guard:http_protocol` through uvicorn.
+        return guard.state(settings, runtime.pending_per_address)
 
     sockets = socket_routes()
     api_routes: list[BaseRoute] = [

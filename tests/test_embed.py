@@ -4,6 +4,7 @@ prefix, and the host delivers notifications and messages from Python."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib.util
 from collections.abc import AsyncIterator
@@ -295,3 +296,24 @@ async def test_bad_python_api_calls_raise_and_change_nothing(host: tuple[str, Re
     # A valid `sender` is shown as given.
     message = await realtime.publish("r3", "hi", sender={"id": 7, "name": "Bot"})
     assert message["sender"] == {"id": 7, "name": "Bot"}
+
+
+async def test_a_failed_start_stops_what_had_started(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A host whose realtime start-up fails half way keeps running: nothing of ours may run on in it."""
+    from realtime.events.node import control
+
+    async def broken(runtime: object) -> None:
+        raise RuntimeError("control topic refused")
+
+    monkeypatch.setattr(control, "listen", broken)
+    settings = base_settings(
+        tmp_path, webhook_urls=("http://127.0.0.1:9/hook",), webhook_secret="s" * 32, chat_notification_window=0.05
+    )
+    before = set(asyncio.all_tasks())
+    realtime = Realtime(settings)
+    with pytest.raises(RuntimeError, match="control topic refused"):
+        async with realtime.lifespan():
+            pass
+    await asyncio.sleep(0.05)
+    left = [t for t in asyncio.all_tasks() - before if not t.done()]
+    assert left == [], left
