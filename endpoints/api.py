@@ -143,14 +143,14 @@ async def post_room(request: Request, rt: Runtime) -> Response:
 
 @service
 async def put_member(request: Request, rt: Runtime) -> Response:
-    await rooms.add_member(rt.db, path_room(request), path_user(request))
+    await rt.add_member(path_room(request), path_user(request))
     return Response(status_code=204)
 
 
 @service
 async def delete_member(request: Request, rt: Runtime) -> Response:
     room_id, user_id = path_room(request), path_user(request)
-    await rooms.remove_member(rt.db, room_id, user_id)
+    await rt.remove_member(room_id, user_id)
     # Committed first: a frame of theirs that gets past this is refused by the store.
     await control.end_access(rt, user_id, topics.chat_access(room_id))
     return Response(status_code=204)
