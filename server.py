@@ -19,6 +19,7 @@ if not __package__:
     _sys.modules["realtime.server"] = _sys.modules[__name__]
 
 import asyncio
+import gc
 import logging
 import os
 import sys
@@ -133,11 +134,16 @@ async def store_unavailable(request: Request, exc: Exception) -> Response:
     return api.unavailable(exc)
 
 
-def create_app(settings: Settings, *, configure_logging: bool = True) -> Starlette:
-    """The app; `configure_logging=False` leaves logging to a host app that embeds it."""
+def create_app(settings: Settings, *, configure_logging: bool = True, tune_gc: bool = True) -> Starlette:
+    """The app; `configure_logging=False` leaves logging to a host app that embeds it,
+    `tune_gc=False` the garbage collector's thresholds (GC_THRESHOLDS)."""
     settings = settings.checked()
     if configure_logging:
         logconfig.configure(settings.log_level, settings.log_format)
+    if tune_gc and settings.gc_thresholds is not None:
+        # Each socket is a few hundred tracked objects that live as long as it does: at Python's
+        # thresholds a storm of connects spends a third of its CPU in full collections over them.
+        gc.set_threshold(*settings.gc_thresholds)
     # Per app: several apps in one process (tests, embedding) keep their own numbers.
     app_metrics = metrics.Metrics(CollectorRegistry())
 

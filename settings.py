@@ -82,6 +82,9 @@ class Settings:
     read_notification_retention_seconds: int = 30 * 86_400
     retention_interval: float = 60.0
     chat_notification_window: float = 1.0
+    # The cyclic garbage collector's thresholds (gc.set_threshold) for a process the
+    # server owns; None leaves Python's (700, 10, 10). See docs/deploy.md.
+    gc_thresholds: tuple[int, int, int] | None = (10_000, 20, 100)
 
     @property
     def jwt_key(self) -> str:
@@ -233,6 +236,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         chat_notification_window=reader.float(
             "CHAT_NOTIFICATION_WINDOW_SECONDS", Settings.chat_notification_window, minimum=0.05, maximum=60
         ),
+        gc_thresholds=reader.thresholds("GC_THRESHOLDS", Settings.gc_thresholds),
     )
     return settings.checked()
 
@@ -268,6 +272,22 @@ class _Reader:
         if not minimum <= value <= maximum:
             raise SettingsError(f"{name}: must be {expected}, got {value}")
         return value
+
+    def thresholds(self, name: str, default: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        """Three garbage collector thresholds `N,N,N` (1 to 10000000), or `python` for Python's own."""
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw.lower() == "python":
+            return None
+        expected = "three integers from 1 to 10000000 (generation 0,1,2), e.g. 10000,20,100, or python"
+        parts = [part.strip() for part in raw.split(",")]
+        if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
+            raise SettingsError(f"{name}: {raw!r} is not {expected}")
+        first, second, third = (int(part) for part in parts)
+        if not all(1 <= value <= 10**7 for value in (first, second, third)):
+            raise SettingsError(f"{name}: must be {expected}, got {raw}")
+        return first, second, third
 
     def float(
         self, name: str, default: float, *, minimum: float = 0, maximum: float = DAY, unit: str = "seconds"

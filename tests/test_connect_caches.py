@@ -308,3 +308,24 @@ async def test_a_narrow_admission_still_lets_every_socket_in_and_silent_ones_do_
             frames = await asyncio.gather(*(client.expect("message_history") for client in clients))
             assert len(frames) == 20
 
+
+# ---- the garbage collector ---------------------------------------------------------
+
+
+def test_the_server_sets_the_gc_thresholds_and_an_embedding_host_keeps_its_own(tmp_path: Path) -> None:
+    import gc
+
+    from realtime.embedding import Realtime
+    from realtime.server import create_app
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        Realtime(base_settings(tmp_path, gc_thresholds=(1234, 5, 6)))
+        assert gc.get_threshold() == (700, 10, 10)
+        create_app(base_settings(tmp_path, gc_thresholds=None))
+        assert gc.get_threshold() == (700, 10, 10)
+        create_app(base_settings(tmp_path, gc_thresholds=(1234, 5, 6)))
+        assert gc.get_threshold() == (1234, 5, 6)
+    finally:
+        gc.set_threshold(*before)

@@ -45,6 +45,11 @@ def test_defaults() -> None:
         ({**GOOD, "TOKEN_EXPIRY": "maybe"}, "TOKEN_EXPIRY"),
         ({**GOOD, "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({**GOOD, "DEV_MODE": "1"}, "DEV_MODE"),
+        ({**GOOD, "GC_THRESHOLDS": "10000"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "10000,20,x"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "0,20,100"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "10000,20,100,5"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "-1,20,100"}, "GC_THRESHOLDS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -61,6 +66,12 @@ def test_token_expiry_defaults_to_close_and_ignore_is_still_taken() -> None:
     assert from_env(GOOD).token_expiry == "close"
     assert from_env({**GOOD, "TOKEN_EXPIRY": "IGNORE"}).token_expiry == "ignore"
     assert from_env({**GOOD, "SOCKET_LEASE": "2.5"}).socket_lease == 2.5
+
+
+def test_gc_thresholds_default_to_the_servers_and_python_keeps_pythons() -> None:
+    assert from_env(GOOD).gc_thresholds == (10_000, 20, 100)
+    assert from_env({**GOOD, "GC_THRESHOLDS": " 700, 10 ,10 "}).gc_thresholds == (700, 10, 10)
+    assert from_env({**GOOD, "GC_THRESHOLDS": "Python"}).gc_thresholds is None
 
 
 def test_redis_allows_several_workers() -> None:
@@ -123,6 +134,7 @@ BAD_SETTINGS = [
     ({"STATUS_INTERVAL": "-1"}, "STATUS_INTERVAL", ["seconds", "86400"]),
     ({"JWT_SECRET": "", "JWT_PUBLIC_KEY": "not a key"}, "JWT_PUBLIC_KEY", ["RS256"]),
     ({"TOKEN_GRACE": "nan"}, "TOKEN_GRACE", ["seconds"]),
+    ({"GC_THRESHOLDS": "lots"}, "GC_THRESHOLDS", ["three integers", "python"]),
 ]
 
 
