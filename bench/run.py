@@ -299,11 +299,12 @@ def run_one(target: str, scenario: str, args: argparse.Namespace, run_id: str) -
         "profiled": args.profile,
         "git": args.git,
     }
-    if target in REDIS_TARGETS and not redis_up():
+    kind, extra = args.variants.get(target, (target, {}))
+    if kind in REDIS_TARGETS and not redis_up():
         return {"scenario": scenario, "target": target, "error": "redis is not running on 127.0.0.1:6379", **meta}
     try:
-        with server(target, tag, args.server_env, args.base_tree) as s:
-            base = f"127.0.0.1:{s.port}{PREFIX.get(target, '')}"
+        with server(kind, tag, {**args.server_env, **extra}, args.base_tree) as s:
+            base = f"127.0.0.1:{s.port}{PREFIX.get(kind, '')}"
             argv = [sys.executable, "-m", "bench.load", scenario, "--ws", f"ws://{base}"]
             argv += ["--pid", str(s.pid), "--target", target, *args.load_args]
             if s.db is not None:
@@ -431,11 +432,25 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=OUT / "results.jsonl")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="set for the server")
     p.add_argument("--base", metavar="REV", help="the revision the `project-base` target runs (git archive)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=TARGET:KEY=VALUE[,KEY=VALUE]",
+        help="one more target: TARGET with these server variables (for A/B runs interleaved in one run)",
+    )
     args, load_args = p.parse_known_args()
     args.load_args = load_args  # anything else goes to bench.load (e.g. --set members=500)
     args.server_env = dict(item.partition("=")[::2] for item in args.server_env)
     args.git = git_state()
-    targets = choose(args.targets, TARGETS, "targets", TRANSPORT_TARGETS)
+    args.variants = {}
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        kind, _, pairs = rest.partition(":")
+        if kind not in TARGETS + TRANSPORT_TARGETS:
+            raise SystemExit(f"--variant {spec}: unknown target {kind!r}")
+        args.variants[name] = (kind, dict(pair.partition("=")[::2] for pair in pairs.split(",") if pair))
+    targets = choose(args.targets, TARGETS, "targets", TRANSPORT_TARGETS + list(args.variants))
     args.base_tree = base_tree(args.base) if args.base else None
     if args.base:
         args.git += f" base {args.base}"
