@@ -61,6 +61,8 @@ class Settings:
     rate_burst: float = 40.0
     max_sockets_per_user: int = 20
     max_pending_auth: int = 1000
+    # Sockets authenticating, joining and catching up at once per process (endpoints/base.py).
+    connects_at_once: int = 8
     socket_lease: float = 30.0
     token_expiry: str = "close"
     header_timeout: float = 10.0
@@ -210,6 +212,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         rate_burst=reader.float("RATE_BURST", Settings.rate_burst, minimum=1, maximum=MAX_RATE, unit="frames"),
         max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1, 10**6, "sockets"),
         max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1, 10**7, "sockets"),
+        connects_at_once=reader.int("CONNECTS_AT_ONCE", Settings.connects_at_once, 1, 10_000, "sockets"),
         socket_lease=reader.float("SOCKET_LEASE", Settings.socket_lease),
         header_timeout=reader.float("HEADER_TIMEOUT", Settings.header_timeout),
         idle_timeout=reader.float("IDLE_TIMEOUT", Settings.idle_timeout),

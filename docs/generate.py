@@ -64,6 +64,8 @@ MEANINGS: dict[str, str] = {
     "RATE_BURST": "frames a socket may send at once, 1 to 1000000",
     "MAX_SOCKETS_PER_USER": "sockets one user may hold open; with `redis://` across all processes (1008 beyond)",
     "MAX_PENDING_AUTH": "sockets that may wait for their `auth` frame at once (1013 beyond)",
+    "CONNECTS_AT_ONCE": "sockets one process authenticates, joins and catches up at once (after the handshake); "
+    "the others wait their turn, so a storm of reconnects does not hold up the sockets already open",
     "SOCKET_LEASE": "seconds a dead process's sockets still count against `MAX_SOCKETS_PER_USER` (`redis://`)",
     "TOKEN_EXPIRY": "`close`: an `exp` passing mid-connection sends `token_expiring`, then 4001; or `ignore`",
     "HEADER_TIMEOUT": "seconds a connection has for its request head (then 408), an upgrade for its handshake",

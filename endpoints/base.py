@@ -144,6 +144,9 @@ class BaseEndpoint(WebSocketEndpoint):
 
     async def _open(self, session: Identity | None, token: str | None, via_frame: bool) -> bool:
         """Authenticate, authorize, join, send the first frames; False when refused with a close."""
+        if self.rt.draining:
+            # Its turn came after the shutdown drain began: the drain no longer sees it.
+            raise Refused(RESTARTING, "server restarting")
         identity = session or (self._verify(token) if token is not None else None)
         if identity is None:
             return False

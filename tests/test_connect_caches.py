@@ -294,8 +294,7 @@ async def test_a_resume_that_missed_nothing_reads_nothing_from_the_store(
 
 
 async def test_a_narrow_admission_still_lets_every_socket_in_and_silent_ones_do_not_hold_it(tmp_path: Path) -> None:
-    async with running(base_settings(tmp_path)) as server:
-        server.runtime.admission = asyncio.Semaphore(1)
+    async with running(base_settings(tmp_path, connects_at_once=1)) as server:
         await server.room("r1", list(range(1, 21)))
         async with contextlib.AsyncExitStack() as stack:
             # Waiting for their `auth` frame, outside the admission.
@@ -307,6 +306,21 @@ async def test_a_narrow_admission_still_lets_every_socket_in_and_silent_ones_do_
             clients = [await stack.enter_async_context(chat(server, "r1", user)) for user in range(1, 21)]
             frames = await asyncio.gather(*(client.expect("message_history") for client in clients))
             assert len(frames) == 20
+
+
+async def test_a_socket_whose_turn_comes_during_the_drain_is_told_the_server_restarts(tmp_path: Path) -> None:
+    async with running(base_settings(tmp_path, connects_at_once=1)) as server:
+        await server.room("r1", [1])
+        runtime = server.runtime
+        await runtime.admission.acquire()  # every place taken
+        try:
+            async with chat(server, "r1", 1, since=0) as waiting:
+                await waiting.silent(0.3)  # accepted, waiting its turn
+                runtime.draining = True
+                runtime.admission.release()
+                assert await waiting.closed() == 1012
+        finally:
+            runtime.draining = False
 
 
 # ---- the garbage collector ---------------------------------------------------------

@@ -45,6 +45,8 @@ def test_defaults() -> None:
         ({**GOOD, "TOKEN_EXPIRY": "maybe"}, "TOKEN_EXPIRY"),
         ({**GOOD, "LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({**GOOD, "DEV_MODE": "1"}, "DEV_MODE"),
+        ({**GOOD, "CONNECTS_AT_ONCE": "0"}, "CONNECTS_AT_ONCE"),
+        ({**GOOD, "CONNECTS_AT_ONCE": "few"}, "CONNECTS_AT_ONCE"),
         ({**GOOD, "GC_THRESHOLDS": "10000"}, "GC_THRESHOLDS"),
         ({**GOOD, "GC_THRESHOLDS": "10000,20,x"}, "GC_THRESHOLDS"),
         ({**GOOD, "GC_THRESHOLDS": "0,20,100"}, "GC_THRESHOLDS"),

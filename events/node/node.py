@@ -36,8 +36,6 @@ from .socket_slots import LocalSlots, SocketSlots
 
 # Streams whose epoch is kept (`stream_epoch`); past that the cache starts over.
 MAX_EPOCHS = 10_000
-# Sockets between their credential and their first frames at once (`admission`).
-CONNECTS_AT_ONCE = 32
 
 
 class Socket(Protocol):
@@ -106,12 +104,15 @@ class Node:
     draining: bool = False
     # Frames whose handler is running (a store write and its echo in flight).
     handling: int = 0
-    # Sockets authenticating, joining and catching up at once (endpoints/base.py); the rest wait their turn.
-    admission: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(CONNECTS_AT_ONCE))
+    # Sockets authenticating, joining and catching up at once (endpoints/base.py): CONNECTS_AT_ONCE.
+    admission: asyncio.Semaphore = field(init=False)
     # stream -> (the hub's topic when the epoch was read, the epoch): see `stream_epoch`.
     _epochs: dict[str, tuple[Topic, str]] = field(default_factory=dict)
 
     # ---- writing events: the only path from a change to every subscriber -----------
+
+    def __post_init__(self) -> None:
+        self.admission = asyncio.Semaphore(self.settings.connects_at_once)
 
     async def publish(self, stream: str, type_: str, frame: str, seq: int = 0, exclude: int = 0) -> None:
         """Send one event on a topic (`topics`): to this process's subscribers and,
