@@ -9,7 +9,9 @@ channels-redis-pubsub (bench/peers/channels_peer.py under uvicorn).
 Named only, never in `all`: project-plain (the uvicorn fast path off),
 project-hosted (mounted in examples/embed.py's host app, under
 `transport.raw_send`), project-hosted-bare (mounted, without it),
-project-redis-w2 (`uvicorn --workers 2` on Redis, on both cores).
+project-redis-w2 (`uvicorn --workers 2` on Redis, on both cores),
+project-base (the project at `--base REV`), uvicorn-bare (bench/peers/uvicorn_bare.py:
+a bare ASGI app under the project's uvicorn flags).
 """
 
 from __future__ import annotations
@@ -59,7 +61,14 @@ TARGETS = [
     "channels-redis-pubsub",
 ]
 # Variants of `project` (see PROJECT_APPS and WORKERS): named only, never in `all`.
-TRANSPORT_TARGETS = ["project-plain", "project-hosted", "project-hosted-bare", "project-redis-w2", "project-base"]
+TRANSPORT_TARGETS = [
+    "project-plain",
+    "project-hosted",
+    "project-hosted-bare",
+    "project-redis-w2",
+    "project-base",
+    "uvicorn-bare",
+]
 SCENARIO_TIMEOUT = 600
 
 
@@ -170,6 +179,9 @@ def command(target: str, port: int, tmp: Path, extra: dict[str, str]) -> tuple[l
         return argv, env, db
     if target == "bare":
         return [sys.executable, str(BENCH / "peers/bare.py"), "--port", str(port)], env, None
+    if target == "uvicorn-bare":
+        argv = [sys.executable, "-m", "uvicorn", "uvicorn_bare:app", "--app-dir", str(BENCH / "peers")]
+        return [*argv, "--port", str(port), *UVICORN_FLAGS], env, None
     layer = {"channels-memory": "memory", "channels-redis": "redis", "channels-redis-pubsub": "pubsub"}[target]
     env.update(CHANNEL_LAYER=layer, REDIS_URL=REDIS_URL)
     argv = [str(peers_python()), "-m", "uvicorn", "channels_peer:application", "--app-dir", str(BENCH / "peers")]
