@@ -60,7 +60,8 @@ async def realtime_lifespan(app: Starlette) -> AsyncIterator[None]:
 
 class Realtime:
     def __init__(self, settings: Settings, *, configure_logging: bool = False) -> None:
-        self.app = create_app(settings, configure_logging=configure_logging)
+        # The host app's process: its garbage collector is the host's to tune.
+        self.app = create_app(settings, configure_logging=configure_logging, tune_gc=False)
         self._started = False
 
     @asynccontextmanager

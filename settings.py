@@ -68,6 +68,8 @@ class Settings:
     rate_burst: float = 40.0
     max_sockets_per_user: int = 20
     max_pending_auth: int = 1000
+    # Sockets authenticating, joining and catching up at once per process (endpoints/base.py).
+    connects_at_once: int = 8
     socket_lease: float = 30.0
     token_expiry: str = "close"
     header_timeout: float = 10.0
@@ -106,6 +108,9 @@ class Settings:
     webhook_backoff_max: float = 300.0
     webhook_unread_window: float = 60.0
     webhook_presence_debounce: float = 10.0
+    # The cyclic garbage collector's thresholds (gc.set_threshold) for a process the
+    # server owns; None leaves Python's (700, 10, 10). See docs/deploy.md.
+    gc_thresholds: tuple[int, int, int] | None = (10_000, 20, 100)
 
     @property
     def jwt_key(self) -> str:
@@ -358,6 +363,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         rate_burst=reader.float("RATE_BURST", Settings.rate_burst, minimum=1, maximum=MAX_RATE, unit="frames"),
         max_sockets_per_user=reader.int("MAX_SOCKETS_PER_USER", Settings.max_sockets_per_user, 1, 10**6, "sockets"),
         max_pending_auth=reader.int("MAX_PENDING_AUTH", Settings.max_pending_auth, 1, 10**7, "sockets"),
+        connects_at_once=reader.int("CONNECTS_AT_ONCE", Settings.connects_at_once, 1, 10_000, "sockets"),
         socket_lease=reader.float("SOCKET_LEASE", Settings.socket_lease),
         header_timeout=reader.float("HEADER_TIMEOUT", Settings.header_timeout),
         idle_timeout=reader.float("IDLE_TIMEOUT", Settings.idle_timeout),
@@ -402,6 +408,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         webhook_presence_debounce=reader.float(
             "WEBHOOK_PRESENCE_DEBOUNCE_SECONDS", Settings.webhook_presence_debounce, minimum=0.05, maximum=3600
         ),
+        gc_thresholds=reader.thresholds("GC_THRESHOLDS", Settings.gc_thresholds),
     )
     return settings.checked()
 
@@ -441,6 +448,22 @@ class _Reader:
         if not minimum <= value <= maximum:
             raise SettingsError(f"{name}: must be {expected}, got {value}")
         return value
+
+    def thresholds(self, name: str, default: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        """Three garbage collector thresholds `N,N,N` (1 to 10000000), or `python` for Python's own."""
+        raw = self.env.get(name, "").strip()
+        if not raw:
+            return default
+        if raw.lower() == "python":
+            return None
+        expected = "three integers from 1 to 10000000 (generation 0,1,2), e.g. 10000,20,100, or python"
+        parts = [part.strip() for part in raw.split(",")]
+        if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
+            raise SettingsError(f"{name}: {raw!r} is not {expected}")
+        first, second, third = (int(part) for part in parts)
+        if not all(1 <= value <= 10**7 for value in (first, second, third)):
+            raise SettingsError(f"{name}: must be {expected}, got {raw}")
+        return first, second, third
 
     def float(
         self, name: str, default: float, *, minimum: float = 0, maximum: float = DAY, unit: str = "seconds"

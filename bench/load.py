@@ -16,25 +16,18 @@ import asyncio
 import json
 import math
 import resource
-import secrets
-import sqlite3
+import statistics
 import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
-import jwt
-
 from bench.client import Member, chat_frame, close_codes, close_members, error_frames, open_members
-from bench.stats import CpuMeter, latency, open_fds, rss_kib
-
-JWT_SECRET = "bench-secret-of-at-least-32-bytes-long!"
-# Room ids are unique per run: Redis pub/sub channels are shared by every database number.
-PREFIX = "b" + secrets.token_hex(3)
+from bench.stats import CpuMeter, latency, per_unit_us
+from bench.storm import STORM_FULL, STORM_QUICK, storm
+from bench.target import PREFIX, Target
 
 FULL: dict[str, dict[str, Any]] = {
     "fanout": {"members": 1000, "messages": 200, "window": 20, "senders": 50, "limit_s": 20.0},
@@ -42,6 +35,8 @@ FULL: dict[str, dict[str, Any]] = {
     "ingest": {"rooms": 500, "seconds": 10.0, "warmup": 1.0},
     "connections": {"sockets": 10_000, "room_size": 100},
     "churn": {"rounds": 10, "sockets": 5000, "room_size": 100, "chatters": 10, "limit_s": 150.0},
+    "connect": {"sockets": 5000, "room_size": 100, "rounds": 4},
+    "storm": dict(STORM_FULL),
 }
 QUICK: dict[str, dict[str, Any]] = {
     "fanout": {"messages": 100, "limit_s": 10.0},
@@ -49,91 +44,9 @@ QUICK: dict[str, dict[str, Any]] = {
     "ingest": {"seconds": 5.0},
     "connections": {},
     "churn": {"rounds": 4, "limit_s": 60.0},
+    "connect": {"sockets": 2000, "rounds": 3},
+    "storm": dict(STORM_QUICK),
 }
-
-
-BATCH_METRICS = (
-    "realtime_store_write_batch_size_count",
-    "realtime_store_write_batch_size_sum",
-    "realtime_store_write_batch_seconds_sum",
-)
-
-
-@dataclass
-class Target:
-    ws: str
-    pid: int | None
-    api: str | None
-    service_key: str | None
-    db: Path | None
-    pad: bytes
-    concurrency: int
-
-    def url(self, room: str, user_id: int) -> str:
-        return f"{self.ws}/ws/chat/{room}/?token={token(user_id)}"
-
-    async def make_rooms(self, rooms: dict[str, list[int]]) -> None:
-        """Create the rooms through the server API; a peer takes any room as it is."""
-        if self.api is None:
-            return
-        headers = {"Authorization": f"Bearer {self.service_key}"}
-        gate = asyncio.Semaphore(16)
-        async with httpx.AsyncClient(base_url=self.api, headers=headers, timeout=60) as client:
-
-            async def one(room: str, members: list[int]) -> None:
-                async with gate:
-                    response = await client.post("/api/rooms", json={"id": room, "member_ids": members})
-                    if response.status_code != 201:
-                        raise RuntimeError(f"POST /api/rooms {room}: {response.status_code} {response.text[:200]}")
-
-            await asyncio.gather(*(one(room, members) for room, members in rooms.items()))
-
-    def rss(self) -> int | None:
-        return rss_kib(self.pid) if self.pid else None
-
-    def stored(self) -> int | None:
-        """Rows in `messages` (the project on SQLite), read beside the running server."""
-        if self.db is None:
-            return None
-        with sqlite3.connect(f"file:{self.db}?mode=ro", uri=True, timeout=30) as conn:
-            return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
-
-    async def store_batches(self) -> tuple[float, float, float] | None:
-        """Group commits so far, from the server's /metrics: (transactions, jobs, seconds)."""
-        if self.api is None:
-            return None
-        async with httpx.AsyncClient(base_url=self.api, timeout=10) as client:
-            text = (await client.get("/metrics")).text
-        found = {}
-        for line in text.splitlines():
-            name, _, value = line.partition(" ")
-            if name in BATCH_METRICS:
-                found[name] = float(value)
-        if len(found) < len(BATCH_METRICS):
-            return None
-        return tuple(found[name] for name in BATCH_METRICS)  # type: ignore[return-value]
-
-    async def settle(self, baseline_fds: int, timeout: float = 15.0) -> None:
-        """Wait until the server has let go of the sockets the load closed."""
-        if not self.pid:
-            await asyncio.sleep(1.0)
-            return
-        for _ in range(int(timeout / 0.1)):
-            if open_fds(self.pid) <= baseline_fds + 2:
-                break
-            await asyncio.sleep(0.1)
-        await asyncio.sleep(0.5)
-
-
-_tokens: dict[int, str] = {}
-
-
-def token(user_id: int) -> str:
-    cached = _tokens.get(user_id)
-    if cached is None:
-        claims = {"user_id": user_id, "name": f"user{user_id}", "exp": int(time.time()) + 6 * 3600}
-        cached = _tokens[user_id] = jwt.encode(claims, JWT_SECRET, algorithm="HS256")
-    return cached
 
 
 def noop(member: Member, sent_ns: int, tag: int, now_ns: int) -> None:
@@ -156,6 +69,12 @@ class Tally:
 
 def connected(members: list[Member | None]) -> int:
     return sum(1 for m in members if m is not None)
+
+
+def cpu_per(usage: dict[str, Any], unit: str, count: int | None) -> dict[str, Any]:
+    """The server's CPU per unit of work over the measured phase: the figure that
+    compares servers when the load generator, not the server, sets the pace."""
+    return {"cpu_unit": unit, "server_us_per_unit": per_unit_us(usage.get("server_cpu_s"), count)}
 
 
 # ---- scenarios ------------------------------------------------------------------
@@ -231,6 +150,7 @@ async def fanout(t: Target, members: int, messages: int, window: int, senders: i
         "deliveries_per_s": round(len(samples) / elapsed),
         **latency(samples),
         **usage,
+        **cpu_per(usage, "delivery", len(samples)),
         "closed_during": codes,
         "error_frames": error_frames(users),
     }
@@ -290,6 +210,7 @@ async def latency_run(t: Target, members: int, rate: float, seconds: float, send
         **latency(samples),
         "echo": latency(echoes),
         **usage,
+        **cpu_per(usage, "delivery", len(samples)),
         "closed_during": codes,
         "error_frames": error_frames(users),
     }
@@ -372,6 +293,7 @@ async def ingest(t: Target, rooms: int, seconds: float, warmup: float) -> dict[s
         "received_by_peer": received,
         **latency(samples),
         **usage,
+        **cpu_per(usage, "message", echoes),
         "closed_during": codes,
         "error_frames": error_frames(users),
     }
@@ -387,7 +309,7 @@ async def connections(t: Target, sockets: int, room_size: int) -> dict[str, Any]
     # One socket first, so one-time costs (imports, caches, the first room) are not counted per socket.
     warm, _, _ = await open_members([t.url(names[0], 1)], noop, 1)
     await close_members(warm)
-    fds_before = open_fds(t.pid) if t.pid else 0
+    fds_before = t.fds()
     await t.settle(fds_before)
     before = t.rss()
     cpu = CpuMeter(t.pid)
@@ -396,7 +318,7 @@ async def connections(t: Target, sockets: int, room_size: int) -> dict[str, Any]
     usage = cpu.read()
     await asyncio.sleep(2.0)
     after = t.rss()
-    fds_after = open_fds(t.pid) if t.pid else None
+    fds_after = t.fds() if t.pid else None
     codes = close_codes(users)
     n = connected(users)
     stuck = await close_members(users, timeout=60)
@@ -417,12 +339,73 @@ async def connections(t: Target, sockets: int, room_size: int) -> dict[str, Any]
         "rss_closed_kib": closed,
         "bytes_per_socket": per_socket,
         "server_fds": fds_after,
-        "server_cpu_ms_per_connect": round(usage["server_cpu"] * connect_s * 1000 / n, 3)
-        if n and usage["server_cpu"] is not None
+        "server_cpu_ms_per_connect": round(usage["server_cpu_s"] * 1000 / n, 3)
+        if n and usage["server_cpu_s"] is not None
         else None,
         **usage,
+        **cpu_per(usage, "connect", n),
         "closed_during": codes,
         "aborted_at_close": stuck,
+    }
+
+
+async def connect(t: Target, sockets: int, room_size: int, rounds: int) -> dict[str, Any]:
+    """Server CPU per authenticated connect (the project) or per plain connect (a peer), over the
+    connect phase only: `sockets` connect (rooms of `room_size`, 256 handshakes in flight) and get
+    their first frame, then all close; `rounds` times. Round 1 meets the server cold (tokens and rooms
+    it has not seen); the middle rounds are reconnects with the same tokens; the last round brings
+    tokens the server has not seen (another signature) to rooms it knows: a new session."""
+    rooms = math.ceil(sockets / room_size)
+    names = [f"{PREFIX}-k{r}" for r in range(rooms)]
+    await t.make_rooms(
+        {name: list(range(r * room_size + 1, min((r + 1) * room_size, sockets) + 1)) for r, name in enumerate(names)}
+    )
+    # One socket in a room of its own first: imports and one-time set-up are not counted per connect.
+    await t.make_rooms({f"{PREFIX}-kwarm": [sockets + 1]})
+    warm, _, _ = await open_members([t.url(f"{PREFIX}-kwarm", sockets + 1)], noop, 1)
+    await close_members(warm)
+    fds_before = t.fds()
+    await t.settle(fds_before)
+    per_round: list[float | None] = []
+    times: list[float] = []
+    errors: Counter[str] = Counter()
+    codes: Counter[str] = Counter()
+    loads: list[float | None] = []
+    total_s = 0.0
+    total_n = 0
+    for r in range(max(2, rounds)):
+        generation = 1 if r == max(2, rounds) - 1 else 0
+        urls = [t.url(names[(u - 1) // room_size], u, generation=generation) for u in range(1, sockets + 1)]
+        cpu = CpuMeter(t.pid)
+        users, failed, connect_s = await open_members(urls, noop, t.concurrency, deadline=300)
+        usage = cpu.read()
+        n = connected(users)
+        errors.update(failed)
+        codes.update(close_codes(users))
+        times.append(round(connect_s, 2))
+        loads.append(usage["load_cpu"])
+        per_round.append(per_unit_us(usage["server_cpu_s"], n))
+        total_s += usage["server_cpu_s"] or 0.0
+        total_n += n
+        await close_members(users, timeout=60)
+        await t.settle(fds_before)
+    reconnects = [v for v in per_round[1:-1] if v is not None]
+    return {
+        "sockets": sockets,
+        "room_size": room_size,
+        "rounds": len(per_round),
+        "connect_s": times,
+        "connect_errors": dict(errors),
+        "closed_during": dict(codes),
+        "us_per_connect_rounds": per_round,
+        "cold_us": per_round[0],
+        "reconnect_us": round(statistics.median(reconnects), 1) if reconnects else None,
+        "new_token_us": per_round[-1],
+        "load_cpu_rounds": loads,
+        "server_cpu_s": round(total_s, 3),
+        # The headline: a new session (a token not seen before) into rooms the server knows.
+        "cpu_unit": "connect",
+        "server_us_per_unit": per_round[-1],
     }
 
 
@@ -436,7 +419,7 @@ async def churn(t: Target, rounds: int, sockets: int, room_size: int, chatters: 
         {name: list(range(r * room_size + 1, min((r + 1) * room_size, sockets) + 1)) for r, name in enumerate(names)}
     )
     urls = [t.url(names[(u - 1) // room_size], u) for u in range(1, sockets + 1)]
-    fds_before = open_fds(t.pid) if t.pid else 0
+    fds_before = t.fds()
     rss: list[int | None] = []
     connect_times: list[float] = []
     errors: Counter[str] = Counter()
@@ -444,11 +427,14 @@ async def churn(t: Target, rounds: int, sockets: int, room_size: int, chatters: 
     delivered_total = expected_total = rejected = 0
     speakers = [k * (sockets // chatters) for k in range(chatters)]
     stop_at = time.monotonic() + limit_s
+    joined = 0
+    cpu = CpuMeter(t.pid)
     for _ in range(rounds):
         if rss and time.monotonic() > stop_at:
             break
         tally = Tally(loop)
         users, failed, connect_s = await open_members(urls, tally.on_chat, t.concurrency, deadline=300)
+        joined += connected(users)
         errors.update(failed)
         connect_times.append(round(connect_s, 2))
         for index in speakers:
@@ -466,6 +452,7 @@ async def churn(t: Target, rounds: int, sockets: int, room_size: int, chatters: 
         await close_members(users, timeout=60)
         await t.settle(fds_before)
         rss.append(t.rss())
+    usage = cpu.read()
     first, last = rss[0], rss[-1]
     ratio = round(last / first, 3) if first and last else None
     return {
@@ -484,6 +471,9 @@ async def churn(t: Target, rounds: int, sockets: int, room_size: int, chatters: 
         "within_10pct": ratio is not None and ratio <= 1.10,
         "closed_during": dict(codes),
         "error_frames": rejected,
+        **usage,
+        # A socket's whole life: join, its share of the chat, leave.
+        **cpu_per(usage, "socket", joined),
     }
 
 
@@ -493,6 +483,8 @@ SCENARIOS: dict[str, Callable[..., Awaitable[dict[str, Any]]]] = {
     "ingest": ingest,
     "connections": connections,
     "churn": churn,
+    "connect": connect,
+    "storm": storm,
 }
 
 

@@ -5,6 +5,14 @@ row per target, the median over repeats (and the range where there were several)
 
 Without `--run`, the newest run. Profiled runs are left out (py-spy slows the
 server down).
+
+Every table has the server's CPU per unit of work (`server µs/unit`: a
+delivery, a message, a connect...) and, beside `bare`, the efficiency
+`bare µs ÷ target µs` (above 1: less CPU than the floor for the same work),
+the median of the ratios of runs paired in order (run i of the target with
+run i of bare: interleaved runs close in time). Where the load generator was
+saturated (its CPU ≥ 0.9 of its core) throughput says more about the load
+than the server: the efficiency is then the figure to read.
 """
 
 from __future__ import annotations
@@ -55,6 +63,19 @@ def errors(rows: list[Row]) -> str:
             notes.append(f"closed by server {r['closed_during']}")
         if "expected_deliveries" in r and r.get("deliveries") != r["expected_deliveries"]:
             notes.append(f"{r.get('deliveries')}/{r['expected_deliveries']} delivered")
+        for key in ("gaps", "dupes", "resyncs", "behind_at_end", "unexpected_closes", "reconnect_errors"):
+            if r.get(key):
+                notes.append(f"{key} {r[key]}")
+        if r.get("scenario") == "storm" and not r.get("complete"):
+            notes.append("not all back within the limit")
+        for key in ("gaps", "dupes", "resyncs", "behind_at_end"):
+            if r.get(key):
+                notes.append(f"{key} {r[key]}")
+        for key in ("unexpected_closes", "reconnect_errors"):
+            if r.get(key):
+                notes.append(f"{key} {r[key]}")
+        if r.get("scenario") == "storm" and not r.get("complete"):
+            notes.append("not all back within the limit")
     return "; ".join(dict.fromkeys(notes)) or "ok"
 
 
@@ -90,6 +111,22 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any], int]]] = {
         ("RSS at 10k MiB", lambda r: (r.get("rss_after_kib") or 0) / 1024, 1),
         ("server CPU ms/connect", lambda r: r.get("server_cpu_ms_per_connect"), 2),
     ],
+    "connect": [
+        ("sockets", lambda r: r.get("sockets"), 0),
+        ("connect s, round 1", lambda r: (r.get("connect_s") or [None])[0], 2),
+        ("µs/connect cold", lambda r: r.get("cold_us"), 0),
+        ("µs/connect reconnect", lambda r: r.get("reconnect_us"), 0),
+        ("µs/connect new token", lambda r: r.get("new_token_us"), 0),
+    ],
+    "storm": [
+        ("clients", lambda r: r.get("clients"), 0),
+        ("back s", lambda r: r.get("back_s"), 2),
+        ("back and caught up s", lambda r: r.get("storm_s"), 2),
+        ("µs/reconnect less publisher", lambda r: r.get("net_us_per_reconnect"), 0),
+        ("storm p99 ms", lambda r: (r.get("storm_latency") or {}).get("p99_ms"), 1),
+        ("steady p99 ms", lambda r: (r.get("steady_latency") or {}).get("p99_ms"), 1),
+        ("server CPU", lambda r: r.get("server_cpu"), 2),
+    ],
     "churn": [
         ("rounds", lambda r: r.get("rounds_done") or len(r.get("rss_kib") or []), 0),
         ("RSS after round 1 MiB", lambda r: (r.get("rss_first_kib") or 0) / 1024, 1),
@@ -98,6 +135,37 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any], int]]] = {
         ("connect s/round", lambda r: statistics.median(r["connect_s"]) if r.get("connect_s") else None, 1),
     ],
 }
+
+
+SATURATED = 0.9
+
+
+def paired_ratio(floor: list[Row], mine: list[Row], get: Callable[[Row], Any], inverse: bool = False) -> str:
+    """Median over runs paired in order of floor ÷ mine (or mine ÷ floor), with the range."""
+    ratios = []
+    for a, b in zip(floor, mine, strict=False):
+        x, y = get(a), get(b)
+        if (
+            "error" in a
+            or "error" in b
+            or not isinstance(x, int | float)
+            or not isinstance(y, int | float)
+            or not x
+            or not y
+        ):
+            continue
+        ratios.append(y / x if inverse else x / y)
+    if not ratios:
+        return "-"
+    text = f"{statistics.median(ratios):.2f}x"
+    if len(ratios) > 1:
+        text += f" ({min(ratios):.2f} to {max(ratios):.2f})"
+    return text
+
+
+def saturated(rows: list[Row]) -> bool:
+    loads = [r.get("load_cpu") for r in rows if isinstance(r.get("load_cpu"), int | float)]
+    return bool(loads) and statistics.median(loads) >= SATURATED
 
 
 def ratio_to_bare(by_target: dict[str, list[Row]], target: str) -> str:
@@ -109,26 +177,55 @@ def ratio_to_bare(by_target: dict[str, list[Row]], target: str) -> str:
     return f"{mine / floor:.2f}x" if mine and floor else "-"
 
 
+def unit_us(r: Row) -> Any:
+    return r.get("server_us_per_unit")
+
+
 def render(rows: list[Row]) -> str:
     grouped: dict[str, dict[str, list[Row]]] = defaultdict(lambda: defaultdict(list))
+    order: list[str] = []
     for r in rows:
         grouped[r["scenario"]][r["target"]].append(r)
+        if r["target"] not in order:
+            order.append(r["target"])
+    known = TARGETS + TRANSPORT_TARGETS
+    targets = [t for t in known if t in order] + [t for t in order if t not in known]
     out = []
     for scenario, columns in COLUMNS.items():
         by_target = grouped.get(scenario)
         if not by_target:
             continue
+        units = {r.get("cpu_unit") for runs in by_target.values() for r in runs if r.get("cpu_unit")}
+        unit = "/".join(sorted(units)) or "unit"
         heads = ["target", "runs", *(name for name, _, _ in columns)]
+        if scenario != "connect":
+            heads.append(f"server µs/{unit}")
+        heads += ["load CPU", "efficiency (bare µs ÷ µs)"]
         if scenario == "fanout":
-            heads.append("vs bare")
+            heads.append("throughput vs bare")
         heads.append("notes")
         out += [f"### {scenario}", "", "| " + " | ".join(heads) + " |", "|" + "---|" * len(heads)]
-        for target in [t for t in TARGETS + TRANSPORT_TARGETS if t in by_target]:
+        floor = by_target.get("bare", [])
+        for target in [t for t in targets if t in by_target]:
             runs = by_target[target]
             cells = [target, str(len(runs)), *(value(runs, get, d) for _, get, d in columns)]
+            if scenario != "connect":
+                cells.append(value(runs, unit_us, 1))
+            cells.append(value(runs, lambda r: r.get("load_cpu"), 2))
+            if scenario == "connect":
+                efficiency = " / ".join(
+                    paired_ratio(floor, runs, lambda r, k=k: r.get(k))
+                    for k in ("cold_us", "reconnect_us", "new_token_us")
+                )
+            else:
+                efficiency = paired_ratio(floor, runs, unit_us)
+            cells.append(("**" + efficiency + "**") if saturated(runs) and efficiency != "-" else efficiency)
             if scenario == "fanout":
                 cells.append(ratio_to_bare(by_target, target))
-            cells.append(errors(runs))
+            notes = errors(runs)
+            if saturated(runs):
+                notes = "load saturated; " + notes
+            cells.append(notes)
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out)

@@ -8,7 +8,10 @@ broker), bare (bench/peers/bare.py), channels-memory, channels-redis,
 channels-redis-pubsub (bench/peers/channels_peer.py under uvicorn).
 Named only, never in `all`: project-plain (the uvicorn fast path off),
 project-hosted (mounted in examples/embed.py's host app, under
-`transport.raw_send`), project-hosted-bare (mounted, without it).
+`transport.raw_send`), project-hosted-bare (mounted, without it),
+project-redis-w2 (`uvicorn --workers 2` on Redis, on both cores),
+project-base (the project at `--base REV`), uvicorn-bare (bench/peers/uvicorn_bare.py:
+a bare ASGI app under the project's uvicorn flags).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import os
 import platform
 import secrets
+import selectors
 import shutil
 import signal
 import socket
@@ -31,7 +35,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench.load import JWT_SECRET, SCENARIOS, raise_fd_limit
+from bench.load import SCENARIOS, raise_fd_limit
+from bench.target import JWT_SECRET
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
@@ -55,8 +60,15 @@ TARGETS = [
     "channels-redis",
     "channels-redis-pubsub",
 ]
-# The transport's variants of `project` (see PROJECT_APPS): named only, never in `all`.
-TRANSPORT_TARGETS = ["project-plain", "project-hosted", "project-hosted-bare"]
+# Variants of `project` (see PROJECT_APPS and WORKERS): named only, never in `all`.
+TRANSPORT_TARGETS = [
+    "project-plain",
+    "project-hosted",
+    "project-hosted-bare",
+    "project-redis-w2",
+    "project-base",
+    "uvicorn-bare",
+]
 SCENARIO_TIMEOUT = 600
 
 
@@ -67,10 +79,35 @@ class Server:
     port: int
     db: Path | None
     log: Path
+    # What started it, to start it again (`restart`).
+    argv: list[str] | None = None
+    env: dict[str, str] | None = None
+    pin: Callable[[], None] | None = None
+    cwd: Path = ROOT
 
     @property
     def pid(self) -> int:
         return self.process.pid
+
+    def restart(self) -> float:
+        """SIGTERM (the graceful drain), wait for the exit, start the same command on the
+        same port and database; returns the seconds the old process took to exit."""
+        assert self.argv is not None, "started without its command"
+        began = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+        exited = time.monotonic() - began
+        with self.log.open("ab") as sink:
+            sink.write(b"---- restart ----\n")
+            self.process = subprocess.Popen(
+                self.argv, cwd=self.cwd, env=self.env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=self.pin
+            )
+        wait_ready(self)
+        return exited
 
 
 def peers_python() -> Path:
@@ -83,11 +120,12 @@ def peers_python() -> Path:
     )
 
 
-def pinned(argv: list[str], core: int) -> tuple[list[str], Callable[[], None] | None]:
+def pinned(argv: list[str], core: int | tuple[int, ...]) -> tuple[list[str], Callable[[], None] | None]:
     """`taskset -c CORE argv`, or the same through sched_setaffinity where taskset is missing."""
+    cores = (core,) if isinstance(core, int) else core
     if shutil.which("taskset"):
-        return ["taskset", "-c", str(core), *argv], None
-    return argv, lambda: os.sched_setaffinity(0, {core})
+        return ["taskset", "-c", ",".join(map(str, cores)), *argv], None
+    return argv, lambda: os.sched_setaffinity(0, set(cores))
 
 
 def free_port() -> int:
@@ -105,7 +143,19 @@ PROJECT_APPS = {
     "project-plain": "bench.transports:plain",
     "project-hosted": "examples.embed:app",
     "project-hosted-bare": "examples.embed:bare",
+    "project-redis-w2": "server:app",
+    "project-base": "server:app",
 }
+# uvicorn --workers N on the Redis broker (named only, never in `all`). The workers run on
+# both cores, the load still on core 1: see "Workers" in bench/README.md for what that can tell.
+WORKERS = {"project-redis-w2": 2}
+REDIS_TARGETS = ("project-redis", "project-redis-w2", "channels-redis", "channels-redis-pubsub")
+
+
+def server_cores(target: str) -> int | tuple[int, ...]:
+    return (SERVER_CORE, LOAD_CORE) if target in WORKERS else SERVER_CORE
+
+
 # Where the realtime app is in the host app.
 PREFIX = {"project-hosted": "/realtime", "project-hosted-bare": "/realtime"}
 
@@ -119,13 +169,19 @@ def command(target: str, port: int, tmp: Path, extra: dict[str, str]) -> tuple[l
             JWT_SECRET=JWT_SECRET,
             SERVICE_KEY=SERVICE_KEY,
             DATABASE_URL=f"sqlite:///{db}",
-            BROKER_URL=REDIS_URL if target == "project-redis" else "memory://",
+            BROKER_URL=REDIS_URL if target in REDIS_TARGETS else "memory://",
             LOG_LEVEL="warning",
         )
         app = PROJECT_APPS[target]
-        return [sys.executable, "-m", "uvicorn", app, "--port", str(port), *UVICORN_FLAGS], env, db
+        argv = [sys.executable, "-m", "uvicorn", app, "--port", str(port), *UVICORN_FLAGS]
+        if target in WORKERS:
+            argv += ["--workers", str(WORKERS[target])]
+        return argv, env, db
     if target == "bare":
         return [sys.executable, str(BENCH / "peers/bare.py"), "--port", str(port)], env, None
+    if target == "uvicorn-bare":
+        argv = [sys.executable, "-m", "uvicorn", "uvicorn_bare:app", "--app-dir", str(BENCH / "peers")]
+        return [*argv, "--port", str(port), *UVICORN_FLAGS], env, None
     layer = {"channels-memory": "memory", "channels-redis": "redis", "channels-redis-pubsub": "pubsub"}[target]
     env.update(CHANNEL_LAYER=layer, REDIS_URL=REDIS_URL)
     argv = [str(peers_python()), "-m", "uvicorn", "channels_peer:application", "--app-dir", str(BENCH / "peers")]
@@ -138,21 +194,39 @@ def redis_up() -> bool:
     return False
 
 
+def base_tree(rev: str) -> Path:
+    """`git archive REV` of this repository, exported once under bench/out/ (the `project-base` target)."""
+    full = subprocess.run(["git", "rev-parse", rev], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    tree = OUT / f"base-{full.strip()[:12]}"
+    if not (tree / "server.py").exists():
+        tree.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "archive", rev], cwd=ROOT, capture_output=True, check=True).stdout
+        subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+    return tree
+
+
 @contextlib.contextmanager
-def server(target: str, tag: str, extra: dict[str, str]) -> Iterator[Server]:
+def server(target: str, tag: str, extra: dict[str, str], base: Path | None = None) -> Iterator[Server]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-"))
     port = free_port()
     argv, env, db = command(target, port, tmp, extra)
-    argv, pin = pinned(argv, SERVER_CORE)
+    argv, pin = pinned(argv, server_cores(target))
+    cwd = ROOT
+    if target == "project-base":
+        if base is None:
+            raise RuntimeError("project-base needs --base REV")
+        cwd = base
     log = OUT / f"server-{tag}.log"
     with log.open("wb") as sink:
-        process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pin)
-    running = Server(target, process, port, db, log)
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pin)
+    running = Server(target, process, port, db, log, argv, env, pin, cwd)
     try:
         wait_ready(running)
+        if target in WORKERS:
+            wait_workers(running)
         yield running
     finally:
-        stop(process)
+        stop(running.process)
         shutil.rmtree(tmp, ignore_errors=True)
         trim(log)
 
@@ -178,6 +252,24 @@ def wait_ready(s: Server, timeout: float = 30.0) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError(f"{s.target} did not listen within {timeout}s: {tail(s.log)}")
+
+
+def wait_workers(s: Server, timeout: float = 30.0) -> None:
+    """With --workers the supervisor listens before its workers run: wait until
+    /readyz has answered 200 several times in a row (from whichever worker took it)."""
+    deadline = time.monotonic() + timeout
+    streak = 0
+    while time.monotonic() < deadline and streak < 6:
+        try:
+            with socket.create_connection(("127.0.0.1", s.port), timeout=2) as conn:
+                conn.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                ok = conn.recv(64).startswith(b"HTTP/1.1 200")
+        except OSError:
+            ok = False
+        streak = streak + 1 if ok else 0
+        time.sleep(0.2)
+    if streak < 6:
+        raise RuntimeError(f"{s.target}: its workers were not ready within {timeout}s: {tail(s.log)}")
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:
@@ -219,31 +311,30 @@ def run_one(target: str, scenario: str, args: argparse.Namespace, run_id: str) -
         "profiled": args.profile,
         "git": args.git,
     }
-    if target in ("project-redis", "channels-redis", "channels-redis-pubsub") and not redis_up():
+    kind, extra = args.variants.get(target, (target, {}))
+    if kind in REDIS_TARGETS and not redis_up():
         return {"scenario": scenario, "target": target, "error": "redis is not running on 127.0.0.1:6379", **meta}
     try:
-        with server(target, tag, args.server_env) as s:
-            base = f"127.0.0.1:{s.port}{PREFIX.get(target, '')}"
+        with server(kind, tag, {**args.server_env, **extra}, args.base_tree) as s:
+            base = f"127.0.0.1:{s.port}{PREFIX.get(kind, '')}"
             argv = [sys.executable, "-m", "bench.load", scenario, "--ws", f"ws://{base}"]
             argv += ["--pid", str(s.pid), "--target", target, *args.load_args]
             if s.db is not None:
                 argv += ["--api", f"http://{base}", "--service-key", SERVICE_KEY, "--db", str(s.db)]
             if args.quick:
                 argv.append("--quick")
-            spy = profiler(s, tag, args.profile_format, args.profile_rate) if args.profile else None
+            spies = [profiler(s, tag, args.profile_format, args.profile_rate)] if args.profile else []
             argv, pin = pinned(argv, LOAD_CORE)
             try:
-                done = subprocess.run(
-                    argv, cwd=ROOT, capture_output=True, text=True, timeout=SCENARIO_TIMEOUT, preexec_fn=pin
-                )
+                lines, stderr = drive(argv, pin, s, tag, args, spies)
             finally:
-                if spy is not None:
-                    spy.send_signal(signal.SIGINT)
-                    with contextlib.suppress(subprocess.TimeoutExpired):
-                        spy.wait(30)
-            lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+                for spy in spies:
+                    if spy is not None:
+                        spy.send_signal(signal.SIGINT)
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            spy.wait(30)
             if not lines:
-                return {"scenario": scenario, "target": target, "error": f"no result: {done.stderr[-800:]}", **meta}
+                return {"scenario": scenario, "target": target, "error": f"no result: {stderr[-800:]}", **meta}
             result = json.loads(lines[-1])
             if s.process.poll() is not None:
                 result["server_exit"] = s.process.returncode
@@ -253,6 +344,52 @@ def run_one(target: str, scenario: str, args: argparse.Namespace, run_id: str) -
         return {"scenario": scenario, "target": target, "error": f"over {SCENARIO_TIMEOUT}s", **meta}
     except RuntimeError as exc:
         return {"scenario": scenario, "target": target, "error": str(exc), **meta}
+
+
+def drive(
+    argv: list[str],
+    pin: Callable[[], None] | None,
+    s: Server,
+    tag: str,
+    args: argparse.Namespace,
+    spies: list[subprocess.Popen[bytes] | None],
+) -> tuple[list[str], str]:
+    """Run the load; answer its `!restart` (bench/storm.py) by restarting the server, with the
+    profiler following the new process. Returns the load's JSON lines and the end of its stderr."""
+    with tempfile.TemporaryFile() as errors:
+        load = subprocess.Popen(
+            argv, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errors, preexec_fn=pin
+        )
+        assert load.stdin is not None and load.stdout is not None
+        deadline = time.monotonic() + SCENARIO_TIMEOUT
+        lines: list[str] = []
+        with selectors.DefaultSelector() as watch:
+            watch.register(load.stdout, selectors.EVENT_READ)
+            try:
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise subprocess.TimeoutExpired(argv, SCENARIO_TIMEOUT)
+                    if not watch.select(min(left, 1.0)):
+                        continue
+                    raw = load.stdout.readline()
+                    if not raw:
+                        break
+                    line = raw.decode(errors="replace").rstrip("\n")
+                    if line == "!restart":
+                        exited = s.restart()
+                        if args.profile:  # py-spy stops with the old process: follow the new one
+                            spies.append(profiler(s, f"{tag}-restarted", args.profile_format, args.profile_rate))
+                        load.stdin.write(f"!ready {s.pid} {exited:.3f}\n".encode())
+                        load.stdin.flush()
+                    elif line.startswith("{"):
+                        lines.append(line)
+            finally:
+                if load.poll() is None:
+                    load.kill()
+                load.wait(10)
+        errors.seek(0)
+        return lines, errors.read().decode(errors="replace")
 
 
 def git_state() -> str:
@@ -306,11 +443,29 @@ def main() -> int:
     p.add_argument("--profile-rate", type=int, default=100, help="py-spy samples per second")
     p.add_argument("--out", type=Path, default=OUT / "results.jsonl")
     p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="set for the server")
+    p.add_argument("--base", metavar="REV", help="the revision the `project-base` target runs (git archive)")
+    p.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="NAME=TARGET:KEY=VALUE[,KEY=VALUE]",
+        help="one more target: TARGET with these server variables (for A/B runs interleaved in one run)",
+    )
     args, load_args = p.parse_known_args()
     args.load_args = load_args  # anything else goes to bench.load (e.g. --set members=500)
     args.server_env = dict(item.partition("=")[::2] for item in args.server_env)
     args.git = git_state()
-    targets = choose(args.targets, TARGETS, "targets", TRANSPORT_TARGETS)
+    args.variants = {}
+    for spec in args.variant:
+        name, _, rest = spec.partition("=")
+        kind, _, pairs = rest.partition(":")
+        if kind not in TARGETS + TRANSPORT_TARGETS:
+            raise SystemExit(f"--variant {spec}: unknown target {kind!r}")
+        args.variants[name] = (kind, dict(pair.partition("=")[::2] for pair in pairs.split(",") if pair))
+    targets = choose(args.targets, TARGETS, "targets", TRANSPORT_TARGETS + list(args.variants))
+    args.base_tree = base_tree(args.base) if args.base else None
+    if args.base:
+        args.git += f" base {args.base}"
     scenarios = choose(args.scenarios, list(SCENARIOS), "scenarios")
     OUT.mkdir(parents=True, exist_ok=True)
     raise_fd_limit()  # inherited by the server and the load

@@ -18,11 +18,40 @@ def rss_kib(pid: int) -> int:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time the process has used so far."""
+    """User + system CPU time the process has used so far (all its threads)."""
     stat = Path(f"/proc/{pid}/stat").read_text()
     # The command name may hold spaces and parentheses: count fields after the last ')'.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def process_tree(pid: int) -> list[int]:
+    """`pid` and every process below it (uvicorn --workers: the supervisor and its workers)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        try:
+            tasks = os.listdir(f"/proc/{current}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                todo += [int(c) for c in Path(f"/proc/{current}/task/{task}/children").read_text().split()]
+            except OSError:
+                continue
+    return found
+
+
+def tree_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds so far of each process in `pid`'s tree."""
+    times = {}
+    for member in process_tree(pid):
+        try:
+            times[member] = cpu_seconds(member)
+        except OSError:
+            continue  # exited meanwhile
+    return times
 
 
 def open_fds(pid: int) -> int:
@@ -66,7 +95,7 @@ class CpuMeter:
 
     def __init__(self, server_pid: int | None) -> None:
         self.server_pid = server_pid
-        self._server0 = cpu_seconds(server_pid) if server_pid else 0.0
+        self._server0 = tree_cpu(server_pid) if server_pid else {}
         self._self0 = sum(os.times()[:2])
         self._wall0 = time.monotonic()
         self._cores0 = core_ticks()
@@ -74,14 +103,36 @@ class CpuMeter:
     def read(self) -> dict[str, float | list[float] | None]:
         wall = max(time.monotonic() - self._wall0, 1e-9)
         load = (sum(os.times()[:2]) - self._self0) / wall
-        server = (cpu_seconds(self.server_pid) - self._server0) / wall if self.server_pid else None
+        server_s = self.server_seconds()
+        server = None if server_s is None else server_s / wall
         cores = []
         for name, (busy, total) in core_ticks().items():
             busy0, total0 = self._cores0.get(name, (0, 0))
             cores.append(round((busy - busy0) / max(total - total0, 1), 2))
         # What neither process was charged for: softirq, the kernel, other programs on the machine.
         other = sum(cores) - load - (server or 0.0)
-        return {"server_cpu": _round(server), "load_cpu": _round(load), "core_busy": cores, "other_cpu": _round(other)}
+        return {
+            "server_cpu": _round(server),
+            "server_cpu_s": None if server_s is None else round(server_s, 3),
+            "load_cpu": _round(load),
+            "core_busy": cores,
+            "other_cpu": _round(other),
+        }
+
+    def server_seconds(self) -> float | None:
+        """The server's CPU seconds (utime + stime, every thread of every process of
+        its tree) since the meter started; a process started meanwhile counts whole."""
+        if not self.server_pid:
+            return None
+        now = tree_cpu(self.server_pid)
+        return sum(seconds - self._server0.get(pid, 0.0) for pid, seconds in now.items())
+
+
+def per_unit_us(cpu_s: float | None, count: int | None) -> float | None:
+    """Microseconds of server CPU per unit (delivery, message, connect)."""
+    if cpu_s is None or not count:
+        return None
+    return round(cpu_s * 1e6 / count, 1)
 
 
 def _round(value: float | None) -> float | None:

@@ -69,6 +69,8 @@ MEANINGS: dict[str, str] = {
     "RATE_BURST": "frames a socket may send at once, 1 to 1000000",
     "MAX_SOCKETS_PER_USER": "sockets one user may hold open; with `redis://` across all processes (1008 beyond)",
     "MAX_PENDING_AUTH": "sockets that may wait for their `auth` frame at once (1013 beyond)",
+    "CONNECTS_AT_ONCE": "sockets one process authenticates, joins and catches up at once (after the handshake); "
+    "the others wait their turn, so a storm of reconnects does not hold up the sockets already open",
     "SOCKET_LEASE": "seconds a dead process's sockets still count against `MAX_SOCKETS_PER_USER` (`redis://`)",
     "TOKEN_EXPIRY": "`close`: an `exp` passing mid-connection sends `token_expiring`, then 4001; or `ignore`",
     "HEADER_TIMEOUT": "seconds a connection has for its request head (then 408), an upgrade for its handshake",
@@ -103,6 +105,8 @@ MEANINGS: dict[str, str] = {
     "WEBHOOK_BACKOFF_MAX_SECONDS": "the longest wait between two webhook attempts (1 s doubling, jittered)",
     "WEBHOOK_UNREAD_WINDOW_SECONDS": "`message.unread` at most once per (user, room) per this many seconds",
     "WEBHOOK_PRESENCE_DEBOUNCE_SECONDS": "seconds without change before `user.online`/`user.offline` is told",
+    "GC_THRESHOLDS": "the garbage collector's thresholds in a server process (`gc.set_threshold`), three integers; "
+    "`python` keeps Python's `700,10,10`; an embedding host app keeps its own",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}
@@ -112,6 +116,7 @@ DEFAULTS = {
     "JWT_ALGORITHMS": "`HS256`",
     "WEB_CONCURRENCY": "1",
     "MAX_CONNECTIONS": "(open-file limit)",
+    "GC_THRESHOLDS": "`10000,20,100`",
 }
 READ = re.compile(r'reader\.\w+\(\s*"([A-Z_]+)"')
 FIELD = re.compile(r'^\s*(\w+)=[\w.]*\(?\s*reader\.\w+\(\s*"([A-Z_]+)"', re.MULTILINE)

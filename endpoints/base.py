@@ -124,25 +124,13 @@ class BaseEndpoint(WebSocketEndpoint):
             via_frame = token is None and session is None
             if via_frame:
                 token = await self._first_frame_token()
-            identity = session or (self._verify(token) if token is not None else None)
-            if identity is None:
+            if session is None and token is None:
                 return
-            self.identity = identity
-            self.user_id = identity.user_id
-            self._log("connect")
-            await self._reserve_slot()
-            if await self.rt.revocations.refuses(self.rt.db, identity):
-                raise Refused(NOT_AUTHENTICATED, "token revoked")
-            self.user = await self.rt.profile(identity)
-            if via_frame:
-                self.out.push(outbound.auth_ok(self.user))
-            self._watch_expiry()
-            await self.authorize()
-            if self.slot is not None:
-                # Its access is known now: the server API lists it so on every process.
-                await self.rt.slots.update(self.user_id, self.slot, self.describe())
-            await self._join()
-            await self.opened()
+            # A few sockets at a time between their credential and their first frames: a storm
+            # of reconnects waits its turn here, and the event loop keeps serving open sockets.
+            async with self.rt.admission:
+                if not await self._open(session, token, via_frame):
+                    return
             await self._serve()
         except Refused as refusal:
             self._close(refusal.code, refusal.reason)
@@ -154,6 +142,32 @@ class BaseEndpoint(WebSocketEndpoint):
             self._close(SERVER_ERROR, "server error")
         finally:
             await self._cleanup()
+
+    async def _open(self, session: Identity | None, token: str | None, via_frame: bool) -> bool:
+        """Authenticate, authorize, join, send the first frames; False when refused with a close."""
+        if self.rt.draining:
+            # Its turn came after the shutdown drain began: the drain no longer sees it.
+            raise Refused(RESTARTING, "server restarting")
+        identity = session or (self._verify(token) if token is not None else None)
+        if identity is None:
+            return False
+        self.identity = identity
+        self.user_id = identity.user_id
+        self._log("connect")
+        await self._reserve_slot()
+        if await self.rt.revocations.refuses(self.rt.db, identity):
+            raise Refused(NOT_AUTHENTICATED, "token revoked")
+        self.user = await self.rt.profile(identity)
+        if via_frame:
+            self.out.push(outbound.auth_ok(self.user))
+        self._watch_expiry()
+        await self.authorize()
+        if self.slot is not None:
+            # Its access is known now: the server API lists it so on every process.
+            await self.rt.slots.update(self.user_id, self.slot, self.describe())
+        await self._join()
+        await self.opened()
+        return True
 
     def _session_identity(self, websocket: WebSocket) -> Identity | None:
         """The identity in the session cookie, if there is one and it may be used here;
@@ -420,8 +434,16 @@ class BaseEndpoint(WebSocketEndpoint):
         """The stream's epoch (store/streams.py); it never changes while the stream's row lives."""
         assert self.stream is not None
         if self.epoch is None:
-            self.epoch = await streams.epoch(self.rt.db, self.stream)
+            self.epoch = await self.rt.stream_epoch(self.stream)
         return self.epoch
+
+    async def stream_last_seq(self) -> int:
+        """The stream's last seq as far as this socket is concerned: what this process
+        has delivered on it (the socket follows it, so anything later reaches it live),
+        else the store's."""
+        assert self.stream is not None
+        head = self.rt.stream_head(self.stream)
+        return head if head is not None else await streams.last_seq(self.rt.db, self.stream)
 
     async def catch_up(self, since: int | None, epoch: str | None = None) -> None:
         """Replay the stream after `since` (or send a snapshot), holding live events back meanwhile.
@@ -434,9 +456,19 @@ class BaseEndpoint(WebSocketEndpoint):
             self.buffer = []
         try:
             if since is not None:
-                last = await streams.last_seq(db, self.stream)
                 stale = epoch is not None and epoch != await self.stream_epoch()
-                events = None if stale or since > last else await streams.since(db, self.stream, since, limit, last)
+                last = self.rt.stream_head(self.stream)
+                if last is None or since > last:
+                    # Ahead of what this process delivered: the store says whether it exists.
+                    last = await streams.last_seq(db, self.stream)
+                if stale or since > last:
+                    events = None
+                elif since == last > 0:
+                    # Current: nothing to read (a reconnect that missed nothing). Not at 0,
+                    # which is also what a stream whose row was lost (a restore) reads as.
+                    events = []
+                else:
+                    events = await streams.since(db, self.stream, since, limit, last)
                 if events is not None:
                     for _seq, frame in events:
                         self.out.push(frame)

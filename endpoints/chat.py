@@ -7,7 +7,7 @@ import asyncio
 from ..events.node import topics
 from ..events.protocol import chat as frames
 from ..events.protocol import outbound
-from ..store import messages, rooms, streams
+from ..store import messages, rooms
 from ..store.errors import AccessEnded
 from .base import FORBIDDEN, NOT_FOUND, BaseEndpoint, Refused
 
@@ -23,9 +23,12 @@ class ChatEndpoint(BaseEndpoint):
         room_id = self.scope["path_params"]["room_id"]
         # Set before the membership is read: a removal from now on reaches this socket.
         self.access = topics.chat_access(room_id)
-        if not topics.ID.fullmatch(room_id) or not await rooms.exists(self.rt.db, room_id):
+        admitted = None
+        if topics.ID.fullmatch(room_id):
+            admitted = await self.rt.memberships.admits(self.rt.db, room_id, self.user_id)
+        if admitted is None:
             raise Refused(NOT_FOUND, "no such room")
-        if not await rooms.is_member(self.rt.db, room_id, self.user_id):
+        if not admitted:
             raise Refused(FORBIDDEN, "not a member of this room")
         self.room_id = room_id
         self.stream = topics.chat(room_id)
@@ -39,7 +42,7 @@ class ChatEndpoint(BaseEndpoint):
         await self.catch_up(self.since_param(), self.epoch_param())
 
     async def snapshot(self) -> int:
-        last = await streams.last_seq(self.rt.db, self.stream)
+        last = await self.stream_last_seq()
         history, has_more = await messages.history(self.rt.db, self.room_id, last + 1, self.rt.settings.history_limit)
         self.out.push(outbound.message_history(history, has_more, last, await self.stream_epoch()))
         return last

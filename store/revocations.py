@@ -27,3 +27,11 @@ async def revoke(db: Db, user_id: int, before_ms: int) -> int:
 async def revoked_before(db: Db, user_id: int) -> int | None:
     row = await db.fetch_one("SELECT revoked_before FROM token_revocations WHERE user_id = ?", (user_id,))
     return int(row[0]) if row is not None else None
+
+
+async def all_revoked(db: Db, most: int) -> dict[int, int] | None:
+    """Every user's `revoked_before`, or None when there are more than `most` of them."""
+    rows = await db.fetch_all("SELECT user_id, revoked_before FROM token_revocations LIMIT ?", (most + 1,))
+    if len(rows) > most:
+        return None
+    return {int(row[0]): int(row[1]) for row in rows}

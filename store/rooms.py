@@ -17,6 +17,16 @@ async def is_member(db: Db, room_id: str, user_id: int) -> bool:
     return row is not None
 
 
+async def members_if_exists(db: Db, room_id: str) -> list[int] | None:
+    """The room's member ids in one read; None when there is no such room."""
+    rows = await db.fetch_all(
+        "SELECT m.user_id FROM rooms r LEFT JOIN room_members m ON m.room_id = r.id WHERE r.id = ?", (room_id,)
+    )
+    if not rows:
+        return None
+    return [int(row[0]) for row in rows if row[0] is not None]
+
+
 async def member_ids(db: Db, room_id: str) -> list[int]:
     rows = await db.fetch_all("SELECT user_id FROM room_members WHERE room_id = ? ORDER BY user_id", (room_id,))
     return [int(row[0]) for row in rows]

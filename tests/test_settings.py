@@ -47,6 +47,13 @@ def test_defaults() -> None:
         ({**GOOD, "DEV_MODE": "1"}, "DEV_MODE"),
         ({**GOOD, "NOTIFICATION_LOCALE": "../ko"}, "NOTIFICATION_LOCALE"),
         ({**GOOD, "PROMETHEUS_MULTIPROC_DIR": "/nonexistent/metrics"}, "PROMETHEUS_MULTIPROC_DIR"),
+        ({**GOOD, "CONNECTS_AT_ONCE": "0"}, "CONNECTS_AT_ONCE"),
+        ({**GOOD, "CONNECTS_AT_ONCE": "few"}, "CONNECTS_AT_ONCE"),
+        ({**GOOD, "GC_THRESHOLDS": "10000"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "10000,20,x"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "0,20,100"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "10000,20,100,5"}, "GC_THRESHOLDS"),
+        ({**GOOD, "GC_THRESHOLDS": "-1,20,100"}, "GC_THRESHOLDS"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], names: str) -> None:
@@ -63,6 +70,12 @@ def test_token_expiry_defaults_to_close_and_ignore_is_still_taken() -> None:
     assert from_env(GOOD).token_expiry == "close"
     assert from_env({**GOOD, "TOKEN_EXPIRY": "IGNORE"}).token_expiry == "ignore"
     assert from_env({**GOOD, "SOCKET_LEASE": "2.5"}).socket_lease == 2.5
+
+
+def test_gc_thresholds_default_to_the_servers_and_python_keeps_pythons() -> None:
+    assert from_env(GOOD).gc_thresholds == (10_000, 20, 100)
+    assert from_env({**GOOD, "GC_THRESHOLDS": " 700, 10 ,10 "}).gc_thresholds == (700, 10, 10)
+    assert from_env({**GOOD, "GC_THRESHOLDS": "Python"}).gc_thresholds is None
 
 
 def test_redis_allows_several_workers() -> None:
@@ -128,6 +141,7 @@ BAD_SETTINGS = [
     ({"NOTIFICATION_LOCALE": "fr"}, "NOTIFICATION_LOCALE", ["'fr'", "en, ko"]),
     # A path under a regular file: the supervisor can neither make nor empty it.
     ({"PROMETHEUS_MULTIPROC_DIR": "/etc/hostname/metrics"}, "PROMETHEUS_MULTIPROC_DIR", ["cannot empty"]),
+    ({"GC_THRESHOLDS": "lots"}, "GC_THRESHOLDS", ["three integers", "python"]),
 ]
 
 

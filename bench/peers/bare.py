@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import re
+import signal
 from collections import defaultdict
 
 from common import chat_message, content_of, history, user_from_query
@@ -50,7 +51,13 @@ async def chat(ws: ServerConnection) -> None:
 async def main(port: int) -> None:
     # The same frame limit as the project's uvicorn (--ws-max-size 262144); no compression.
     async with serve(chat, "127.0.0.1", port, max_size=262_144, compression=None, backlog=2048) as server:
-        await server.serve_forever()
+        stopping = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, stopping.set)
+        await stopping.wait()
+        # As the project restarts: no new connections, then 1012 to every open one.
+        server.close(close_connections=False)
+        await asyncio.gather(*(ws.close(1012, "server restarting") for ws in set().union(*rooms.values())))
 
 
 if __name__ == "__main__":

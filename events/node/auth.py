@@ -1,6 +1,14 @@
 """JWT verification: pinned algorithms, access tokens only, a numeric `exp`
 within the maximum lifetime, `user_id` or `sub`; where a token may come from,
-and which origins may use the ambient one (the cookie)."""
+and which origins may use the ambient one (the cookie).
+
+A token that verified is remembered until its `exp` (`VerifiedTokens`): a
+reconnect, or a second socket with the same token, costs a dictionary look-up
+instead of a signature check. Only what cannot change with time is taken from
+the cache: the signature, the claims and the checks on them; `exp` is checked
+again on every use. Revocation is not a property of the token and is asked
+separately on every connect (events/node/revocation.py).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +22,8 @@ from urllib.parse import urlsplit
 import jwt
 
 COOKIE = "access_token"
+# Tokens remembered per process (each entry holds the token and its Identity: ~1 KB).
+VERIFIED_CACHE = 10_000
 # Clock skew between the token issuer and this server that `JWT_MAX_LIFETIME` tolerates.
 CLOCK_SKEW = 60
 DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -34,6 +44,41 @@ class Identity:
     issued_at: float | None = None
 
 
+class VerifiedTokens:
+    """Tokens that verified, by signature, until their `exp`; at most `size`,
+    the oldest dropped first. The whole token is compared on a hit: the key is
+    only the part that is cheap to find and differs between tokens."""
+
+    def __init__(self, size: int = VERIFIED_CACHE) -> None:
+        self.size = size
+        self._entries: dict[str, tuple[str, Identity]] = {}
+
+    def get(self, token: str, now: float) -> Identity | None:
+        key = token[token.rfind(".") + 1 :]
+        entry = self._entries.get(key)
+        if entry is None or entry[0] != token:
+            return None
+        identity = entry[1]
+        if identity.expires_at <= now:
+            # What PyJWT would say now: expired (it refuses `exp <= now`).
+            del self._entries[key]
+            return None
+        return identity
+
+    def put(self, token: str, identity: Identity) -> None:
+        if self.size <= 0:
+            return
+        key = token[token.rfind(".") + 1 :]
+        if not key:
+            return
+        while len(self._entries) >= self.size:
+            del self._entries[next(iter(self._entries))]
+        self._entries[key] = (token, identity)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class TokenVerifier:
     def __init__(
         self,
@@ -43,6 +88,7 @@ class TokenVerifier:
         audience: tuple[str, ...] = (),
         issuer: tuple[str, ...] = (),
         max_lifetime: float = 86_400,
+        cache_size: int = VERIFIED_CACHE,
     ) -> None:
         self._key = key
         self._algorithms = algorithms
@@ -51,8 +97,18 @@ class TokenVerifier:
         self._audience = audience or None
         self._issuer = issuer or None
         self._max_lifetime = max_lifetime
+        self.verified = VerifiedTokens(cache_size)
 
     def verify(self, token: str) -> Identity:
+        """The token's identity; AuthError if it does not verify or has expired."""
+        identity = self.verified.get(token, time.time())
+        if identity is not None:
+            return identity
+        identity = self._decode(token)
+        self.verified.put(token, identity)
+        return identity
+
+    def _decode(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,

@@ -2,8 +2,9 @@
 
 `POST /api/users/{id}/disconnect` must close that user's sockets wherever they
 are, so it travels through the broker like any event; so do a revocation (which
-every process must also remember) and the end of a user's access to one
-channel (a room member removed).
+every process must also remember), the end of a user's access to one
+channel (a room member removed), and a change of a room's members (which
+every process's membership cache forgets).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class Control:
             elif delivery.type == "access":
                 user, access = delivery.frame.split(":", 1)
                 self.runtime.close_access(int(user), access, FORBIDDEN, "access ended")
+            elif delivery.type == "members":
+                self.runtime.memberships.forget(delivery.frame)
             # Anything else comes from a newer process during a rolling deploy: not ours to guess.
         except ValueError:
             log.warning("malformed %s command on %s", delivery.type, TOPIC)
@@ -90,6 +93,7 @@ async def revalidate(runtime: Runtime) -> None:
     process. Every open socket's grant is read again from the store instead.
     Raises `StoreError` if the store cannot answer (the caller tries again)."""
     runtime.revocations.forget()
+    runtime.memberships.forget_all()
     closed = 0
     for sockets in list(runtime.sockets.values()):
         for endpoint in list(sockets):

@@ -11,6 +11,7 @@ publishes by hand.
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from collections.abc import Awaitable, Iterable
 from dataclasses import dataclass, field
@@ -23,8 +24,9 @@ from ...store.notifications import Created, Kind
 from . import notify, topics
 from .auth import Identity, TokenVerifier
 from .chat_notices import ChatNotices
-from .hub import Delivery, Hub
+from .hub import Delivery, Hub, Topic
 from .limits import TokenBucket
+from .memberships import Memberships
 from .metrics import Metrics
 from .notification_texts import NotificationTexts
 from .presence import PresenceManager
@@ -33,6 +35,9 @@ from .revocation import Revocations
 from .session import SessionCookies
 from .socket_slots import LocalSlots, SocketSlots
 from .webhooks import Webhooks
+
+# Streams whose epoch is kept (`stream_epoch`); past that the cache starts over.
+MAX_EPOCHS = 10_000
 
 
 class Socket(Protocol):
@@ -95,6 +100,8 @@ class Node:
     slots: SocketSlots = field(default_factory=LocalSlots)
     # Revoked tokens, cached from the store.
     revocations: Revocations = field(default_factory=Revocations)
+    # Room members, cached from the store for the connect path (see memberships.py).
+    memberships: Memberships = field(default_factory=Memberships)
     # The WebSocket session cookie; None where it is off (see events/node/session.py).
     sessions: SessionCookies | None = None
     # The one Redis client factory of this process (presence, slots, tick locks); None with memory://.
@@ -105,8 +112,15 @@ class Node:
     draining: bool = False
     # Frames whose handler is running (a store write and its echo in flight).
     handling: int = 0
+    # Sockets authenticating, joining and catching up at once (endpoints/base.py): CONNECTS_AT_ONCE.
+    admission: asyncio.Semaphore = field(init=False)
+    # stream -> (the hub's topic when the epoch was read, the epoch): see `stream_epoch`.
+    _epochs: dict[str, tuple[Topic, str]] = field(default_factory=dict)
 
     # ---- writing events: the only path from a change to every subscriber -----------
+
+    def __post_init__(self) -> None:
+        self.admission = asyncio.Semaphore(self.settings.connects_at_once)
 
     async def publish(self, stream: str, type_: str, frame: str, seq: int = 0, exclude: int = 0) -> None:
         """Send one event on a topic (`topics`): to this process's subscribers and,
@@ -191,6 +205,47 @@ class Node:
 
     async def room_exists(self, room_id: str) -> bool:
         return await rooms.exists(self.db, room_id)
+
+    async def add_member(self, room_id: str, user_id: int) -> None:
+        """Stored, then every process's membership cache forgets the room (this one before returning)."""
+        await rooms.add_member(self.db, room_id, user_id)
+        await self._members_changed(room_id)
+
+    async def remove_member(self, room_id: str, user_id: int) -> None:
+        """Stored, then every process's membership cache forgets the room. The caller
+        ends the user's access next (`control.end_access`), which closes their sockets."""
+        await rooms.remove_member(self.db, room_id, user_id)
+        await self._members_changed(room_id)
+
+    async def _members_changed(self, room_id: str) -> None:
+        self.memberships.forget(room_id)
+        await self.publish(topics.CONTROL_TOPIC, "members", room_id)
+
+    # ---- what this process knows of the streams it follows ---------------------------
+
+    def stream_head(self, stream: str) -> int | None:
+        """The last seq this process has delivered on a stream it follows (its hub
+        reads the store's when it starts following one, and delivers every later
+        event in order); None when no socket here follows the stream."""
+        topic = self.hub.topics.get(stream)
+        if topic is None or not topic.subscribed:
+            return None
+        return topic.last_seq
+
+    async def stream_epoch(self, stream: str) -> str:
+        """The stream's epoch (store/streams.py), read once while this process
+        follows the stream: it never changes while the stream's row lives, and
+        the row is not taken away under a stream that is being followed."""
+        topic = self.hub.topics.get(stream)
+        cached = self._epochs.get(stream)
+        if cached is not None and topic is not None and cached[0] is topic and topic.subscribed:
+            return cached[1]
+        epoch = await streams.epoch(self.db, stream)
+        if topic is not None and topic.subscribed and self.hub.topics.get(stream) is topic:
+            if len(self._epochs) >= MAX_EPOCHS:
+                self._epochs.clear()
+            self._epochs[stream] = (topic, epoch)
+        return epoch
 
     async def notify(
         self,

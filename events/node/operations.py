@@ -72,11 +72,11 @@ async def room_members(rt: Node, room_id: str) -> list[int]:
 
 
 async def add_member(rt: Node, room_id: str, user_id: int) -> None:
-    await rooms.add_member(rt.db, room_id, user_id)
+    await rt.add_member(room_id, user_id)
 
 
 async def remove_member(rt: Node, room_id: str, user_id: int) -> None:
-    await rooms.remove_member(rt.db, room_id, user_id)
+    await rt.remove_member(room_id, user_id)
     # Committed first: a frame of theirs that gets past this is refused by the store.
     await control.end_access(rt, user_id, topics.chat_access(room_id))
 
