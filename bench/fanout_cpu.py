@@ -1,0 +1,255 @@
+"""Server CPU per fan-out delivery, the project against the bare `websockets` floor.
+
+    python -m bench.fanout_cpu [--targets project,project-redis,project-hosted,bare] [--repeat 3]
+        [--messages 1000] [--members 1000] [--window 20] [--root OTHER_CHECKOUT] [--profile]
+
+Each target gets a fresh server pinned to core 0 (bench.run's commands); the
+fan-out scenario of bench.load runs in this process, pinned to core 1, on
+uvloop. The server's utime+stime (/proc/PID/stat) is read when the first
+message is sent (after every member connected) and when the last delivery is
+in: `us_per_delivery` is that CPU over the deliveries. Targets are interleaved
+per repeat (A B C A B C ...), and each run's `vs_floor` is the nearest bare
+run's µs/delivery over its own (≥ 1.0: at least as efficient as the floor).
+
+`--root DIR` serves the project targets from another checkout (say `git
+archive REV | tar -x -C DIR`), to compare revisions on the same harness.
+`--profile` records the server with py-spy over the measured phase only
+(bench/out/prof-fanout-cpu-RUN-TARGET-N.txt; summarize with bench.hotspots);
+`--perf` with `perf record -g` instead (kernel and C time too; needs root or
+perf_event_paranoid ≤ 1; bench/out/perf-fanout-cpu-RUN-TARGET-N.data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import load
+from bench.run import (
+    LOAD_CORE,
+    OUT,
+    PREFIX,
+    ROOT,
+    SERVER_CORE,
+    SERVICE_KEY,
+    Server,
+    command,
+    free_port,
+    git_state,
+    pinned,
+    redis_up,
+    stop,
+    wait_ready,
+)
+from bench.stats import TICKS, CpuMeter
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds the process has used so far."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return int(fields[11]) / TICKS, int(fields[12]) / TICKS
+
+
+TARGETS = ["project", "project-redis", "project-hosted", "bare"]
+
+
+class Window:
+    """The measured phase of one fan-out run: the server's CPU seconds at its
+    start and end (bench.load builds its CpuMeter right after connecting and
+    reads it right after the last delivery)."""
+
+    user0 = user1 = system0 = system1 = 0.0
+    wall0 = wall1 = 0.0
+    on_start: Any = None
+    on_end: Any = None
+
+
+class WindowMeter(CpuMeter):
+    def __init__(self, server_pid: int | None) -> None:
+        if Window.on_start is not None:
+            Window.on_start()
+        super().__init__(server_pid)
+        assert server_pid is not None
+        (Window.user0, Window.system0), Window.wall0 = cpu_split(server_pid), time.monotonic()
+
+    def read(self) -> dict[str, float | list[float] | None]:
+        assert self.server_pid is not None
+        (Window.user1, Window.system1), Window.wall1 = cpu_split(self.server_pid), time.monotonic()
+        if Window.on_end is not None:
+            Window.on_end()
+        return super().read()
+
+
+@contextlib.contextmanager
+def serving(target: str, root: Path, tag: str) -> Iterator[Server]:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
+    port = free_port()
+    argv, env, db = command(target, port, tmp, {})
+    argv, pin = pinned(argv, SERVER_CORE)
+    log = OUT / f"server-{tag}.log"
+    cwd = root if target != "bare" else ROOT
+    with log.open("wb") as sink:
+        process = subprocess.Popen(argv, cwd=cwd, env=env, stdout=sink, stderr=subprocess.STDOUT, preexec_fn=pin)
+    running = Server(target, process, port, db, log)
+    try:
+        wait_ready(running)
+        yield running
+    finally:
+        stop(process)
+        shutil.rmtree(tmp, ignore_errors=True)
+        if log.exists() and log.stat().st_size == 0:
+            log.unlink()
+
+
+def profiler_hooks(pid: int, path: Path, perf: bool) -> tuple[Any, Any]:
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    state: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start() -> None:
+        argv = [spy, "record", "--pid", str(pid), "--rate", "250", "--gil", "--nonblocking", "--format", "raw"]
+        if perf:  # kernel and C time too: `perf report -i FILE --no-children --sort dso,sym`
+            argv = ["perf", "record", "-F", "999", "-g", "-p", str(pid)]
+        state["p"] = subprocess.Popen([*argv, "-o", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.7)  # attached before the first message
+
+    def end() -> None:
+        process = state.pop("p", None)
+        if process is not None:
+            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(30)
+
+    return start, end
+
+
+def one(target: str, args: argparse.Namespace, run_id: str, number: int) -> dict[str, Any]:
+    tag = f"fanout-cpu-{run_id}-{target}-{number}"
+    if target == "project-redis" and not redis_up():
+        return {"target": target, "error": "redis is not running"}
+    with serving(target, args.root, tag) as s:
+        base = f"127.0.0.1:{s.port}{PREFIX.get(target, '')}"
+        project = s.db is not None
+        t = load.Target(
+            f"ws://{base}",
+            s.pid,
+            f"http://{base}" if project else None,
+            SERVICE_KEY if project else None,
+            None,  # stored rows are not counted here
+            b"x" * args.pad,
+            args.concurrency,
+        )
+        Window.on_start = Window.on_end = None
+        if args.profile or args.perf:
+            path = OUT / (f"perf-{tag}.data" if args.perf else f"prof-{tag}.txt")
+            Window.on_start, Window.on_end = profiler_hooks(s.pid, path, args.perf)
+        load.CpuMeter = WindowMeter  # type: ignore[misc]
+        result = load.run(
+            load.fanout(
+                t, members=args.members, messages=args.messages, window=args.window, senders=50, limit_s=args.limit_s
+            )
+        )
+        if s.process.poll() is not None:
+            result["server_exit"] = s.process.returncode
+    user, system = Window.user1 - Window.user0, Window.system1 - Window.system0
+    cpu = user + system
+    deliveries = int(result["deliveries"])
+    return {
+        "target": target,
+        "run": run_id,
+        "n": number,
+        "git": args.git,
+        "root": str(args.root),
+        "complete": result["complete"],
+        "deliveries": deliveries,
+        "server_cpu_s": round(cpu, 3),
+        "wall_s": round(Window.wall1 - Window.wall0, 3),
+        "us_per_delivery": round(cpu * 1e6 / deliveries, 3) if deliveries else None,
+        "user_us": round(user * 1e6 / deliveries, 3) if deliveries else None,
+        "system_us": round(system * 1e6 / deliveries, 3) if deliveries else None,
+        "deliveries_per_s": result["deliveries_per_s"],
+        "p99_ms": result["p99_ms"],
+        "server_cpu": result["server_cpu"],
+        "load_cpu": result["load_cpu"],
+        "other_cpu": result["other_cpu"],
+        "loadavg": round(os.getloadavg()[0], 2),
+        "closed_during": result["closed_during"],
+    }
+
+
+def summary(results: list[dict[str, Any]]) -> str:
+    floors = [r for r in results if r["target"] == "bare" and r.get("us_per_delivery")]
+    lines = [
+        "| target | µs/delivery (median) | user / system µs (medians) | runs | vs floor (median of per-run ratios) |",
+        "|---|---|---|---|---|",
+    ]
+    for target in dict.fromkeys(r["target"] for r in results):
+        runs = [r for r in results if r["target"] == target and r.get("us_per_delivery")]
+        if not runs:
+            continue
+        ratios = [r["vs_floor"] for r in runs if r.get("vs_floor")]
+        each = ", ".join(f"{r['us_per_delivery']:.2f}" for r in runs)
+        ratio = f"{statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})" if ratios else "-"
+        median = statistics.median(r["us_per_delivery"] for r in runs)
+        user, system = (statistics.median(r[key] for r in runs) for key in ("user_us", "system_us"))
+        split = f"{user:.2f} / {system:.2f}"
+        lines.append(f"| {target} | {median:.2f} | {split} | {each} | {ratio} |")
+    if not floors:
+        lines.append("(no bare run: no ratio)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(prog="python -m bench.fanout_cpu", description=__doc__.split("\n\n")[0])
+    p.add_argument("--targets", default=",".join(TARGETS))
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--members", type=int, default=1000)
+    p.add_argument("--messages", type=int, default=1000)
+    p.add_argument("--window", type=int, default=20)
+    p.add_argument("--limit-s", type=float, default=60.0)
+    p.add_argument("--pad", type=int, default=64)
+    p.add_argument("--concurrency", type=int, default=256)
+    p.add_argument("--root", type=Path, default=ROOT, help="serve the project targets from this checkout")
+    p.add_argument("--profile", action="store_true", help="py-spy over the measured phase")
+    p.add_argument("--perf", action="store_true", help="`perf record -g` over the measured phase (root)")
+    args = p.parse_args()
+    args.root = args.root.resolve()
+    args.git = git_state() if args.root == ROOT else "other-root"
+    targets = [x.strip() for x in args.targets.split(",") if x.strip()]
+    OUT.mkdir(parents=True, exist_ok=True)
+    load.raise_fd_limit()
+    os.sched_setaffinity(0, {LOAD_CORE})
+    run_id = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    results: list[dict[str, Any]] = []
+    for number in range(args.repeat):
+        for target in targets:
+            result = one(target, args, run_id, number)
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    # Each run against the floor measured in the same repeat (the nearest in time).
+    for r in results:
+        floor = next((b for b in results if b["target"] == "bare" and b["n"] == r["n"]), None)
+        if floor and floor.get("us_per_delivery") and r.get("us_per_delivery"):
+            r["vs_floor"] = round(floor["us_per_delivery"] / r["us_per_delivery"], 3)
+    with (OUT / "fanout-cpu.jsonl").open("a") as sink:
+        for r in results:
+            sink.write(json.dumps(r) + "\n")
+    print(summary(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
