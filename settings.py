@@ -82,6 +82,8 @@ class Settings:
     read_notification_retention_seconds: int = 30 * 86_400
     retention_interval: float = 60.0
     chat_notification_window: float = 1.0
+    # The cyclic garbage collector's first threshold while the server runs (0: Python's own, 700).
+    gc_threshold: int = 50_000
 
     @property
     def jwt_key(self) -> str:
@@ -233,6 +235,7 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
         chat_notification_window=reader.float(
             "CHAT_NOTIFICATION_WINDOW_SECONDS", Settings.chat_notification_window, minimum=0.05, maximum=60
         ),
+        gc_threshold=reader.int("GC_THRESHOLD", Settings.gc_threshold, 0, 10**7, "allocations"),
     )
     return settings.checked()
 

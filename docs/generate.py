@@ -83,6 +83,8 @@ MEANINGS: dict[str, str] = {
     "READ_NOTIFICATION_RETENTION_SECONDS": "seconds a read notification is kept, counted from its creation",
     "RETENTION_INTERVAL_SECONDS": "seconds between pruning passes (small batches with pauses between)",
     "CHAT_NOTIFICATION_WINDOW_SECONDS": "seconds a room's chat notifications are gathered into one write (0.05 to 60)",
+    "GC_THRESHOLD": "allocations between two collections of Python's youngest garbage generation while the server "
+    "runs (the process's setting, for an embedding host too); 0 leaves Python's own (700)",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}

@@ -1,22 +1,27 @@
-"""Server CPU per fan-out delivery, the project against the bare `websockets` floor.
+"""Server CPU per unit of work, the project against the bare `websockets` floor.
 
-    python -m bench.fanout_cpu [--targets project,project-redis,project-hosted,bare] [--repeat 3]
-        [--messages 1000] [--members 1000] [--window 20] [--root OTHER_CHECKOUT] [--profile]
+    python -m bench.cpu_cost [fanout|ingest] [--targets project,project-redis,project-hosted,bare]
+        [--repeat 3] [--messages 1000] [--members 1000] [--window 20] [--seconds 10]
+        [--root OTHER_CHECKOUT] [--profile | --perf]
 
 Each target gets a fresh server pinned to core 0 (bench.run's commands); the
-fan-out scenario of bench.load runs in this process, pinned to core 1, on
-uvloop. The server's utime+stime (/proc/PID/stat) is read when the first
-message is sent (after every member connected) and when the last delivery is
-in: `us_per_delivery` is that CPU over the deliveries. Targets are interleaved
-per repeat (A B C A B C ...), and each run's `vs_floor` is the nearest bare
-run's µs/delivery over its own (≥ 1.0: at least as efficient as the floor).
+scenario of bench.load runs in this process, pinned to core 1, on uvloop. The
+server's utime and stime (/proc/PID/stat) are read at the start and the end of
+the scenario's measured phase (fan-out: from the first message sent, after
+every member connected, to the last delivery; ingest: the measured window,
+after the warm-up). `fanout`: µs of server CPU per delivery (1,000 members,
+1,000 messages, 20 in flight). `ingest`: µs per message the project stored
+(the floor: per echo; 500 two-member rooms), and the rates themselves
+(stored/s against the floor's echoes/s). Targets are interleaved per repeat
+(A B C A B C ...), and each run's `vs_floor` compares it with the bare run of
+the same repeat: the floor's µs over its own (≥ 1.0: at least as efficient).
 
 `--root DIR` serves the project targets from another checkout (say `git
 archive REV | tar -x -C DIR`), to compare revisions on the same harness.
 `--profile` records the server with py-spy over the measured phase only
-(bench/out/prof-fanout-cpu-RUN-TARGET-N.txt; summarize with bench.hotspots);
+(bench/out/prof-cpu-SCENARIO-RUN-TARGET-N.txt; summarize with bench.hotspots);
 `--perf` with `perf record -g` instead (kernel and C time too; needs root or
-perf_event_paranoid ≤ 1; bench/out/perf-fanout-cpu-RUN-TARGET-N.data).
+perf_event_paranoid ≤ 1; bench/out/perf-cpu-SCENARIO-RUN-TARGET-N.data).
 """
 
 from __future__ import annotations
@@ -95,10 +100,10 @@ class WindowMeter(CpuMeter):
 
 
 @contextlib.contextmanager
-def serving(target: str, root: Path, tag: str) -> Iterator[Server]:
+def serving(target: str, root: Path, tag: str, extra: dict[str, str]) -> Iterator[Server]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-cpu-"))
     port = free_port()
-    argv, env, db = command(target, port, tmp, {})
+    argv, env, db = command(target, port, tmp, extra)
     argv, pin = pinned(argv, SERVER_CORE)
     log = OUT / f"server-{tag}.log"
     cwd = root if target != "bare" else ROOT
@@ -136,11 +141,19 @@ def profiler_hooks(pid: int, path: Path, perf: bool) -> tuple[Any, Any]:
     return start, end
 
 
+def scenario(args: argparse.Namespace, t: load.Target) -> Any:
+    if args.scenario == "ingest":
+        return load.ingest(t, rooms=args.rooms, seconds=args.seconds, warmup=1.0)
+    return load.fanout(
+        t, members=args.members, messages=args.messages, window=args.window, senders=50, limit_s=args.limit_s
+    )
+
+
 def one(target: str, args: argparse.Namespace, run_id: str, number: int) -> dict[str, Any]:
-    tag = f"fanout-cpu-{run_id}-{target}-{number}"
+    tag = f"cpu-{args.scenario}-{run_id}-{target}-{number}"
     if target == "project-redis" and not redis_up():
         return {"target": target, "error": "redis is not running"}
-    with serving(target, args.root, tag) as s:
+    with serving(target, args.root, tag, args.server_env) as s:
         base = f"127.0.0.1:{s.port}{PREFIX.get(target, '')}"
         project = s.db is not None
         t = load.Target(
@@ -148,7 +161,7 @@ def one(target: str, args: argparse.Namespace, run_id: str, number: int) -> dict
             s.pid,
             f"http://{base}" if project else None,
             SERVICE_KEY if project else None,
-            None,  # stored rows are not counted here
+            s.db,
             b"x" * args.pad,
             args.concurrency,
         )
@@ -157,78 +170,106 @@ def one(target: str, args: argparse.Namespace, run_id: str, number: int) -> dict
             path = OUT / (f"perf-{tag}.data" if args.perf else f"prof-{tag}.txt")
             Window.on_start, Window.on_end = profiler_hooks(s.pid, path, args.perf)
         load.CpuMeter = WindowMeter  # type: ignore[misc]
-        result = load.run(
-            load.fanout(
-                t, members=args.members, messages=args.messages, window=args.window, senders=50, limit_s=args.limit_s
-            )
-        )
+        result = load.run(scenario(args, t))
         if s.process.poll() is not None:
             result["server_exit"] = s.process.returncode
+    if "error" in result:
+        return {"target": target, "n": number, "error": result["error"]}
     user, system = Window.user1 - Window.user0, Window.system1 - Window.system0
     cpu = user + system
-    deliveries = int(result["deliveries"])
-    return {
+    wall = Window.wall1 - Window.wall0
+    line: dict[str, Any] = {
+        "scenario": args.scenario,
         "target": target,
         "run": run_id,
         "n": number,
         "git": args.git,
         "root": str(args.root),
-        "complete": result["complete"],
-        "deliveries": deliveries,
-        "server_cpu_s": round(cpu, 3),
-        "wall_s": round(Window.wall1 - Window.wall0, 3),
-        "us_per_delivery": round(cpu * 1e6 / deliveries, 3) if deliveries else None,
-        "user_us": round(user * 1e6 / deliveries, 3) if deliveries else None,
-        "system_us": round(system * 1e6 / deliveries, 3) if deliveries else None,
-        "deliveries_per_s": result["deliveries_per_s"],
-        "p99_ms": result["p99_ms"],
-        "server_cpu": result["server_cpu"],
-        "load_cpu": result["load_cpu"],
-        "other_cpu": result["other_cpu"],
-        "loadavg": round(os.getloadavg()[0], 2),
-        "closed_during": result["closed_during"],
+        "server_env": args.server_env,
     }
+    if args.scenario == "ingest":
+        # The project's unit is a stored message (rows counted in its SQLite file); the floor's, an echo.
+        rate = result["stored_per_s"] if project else result["echoes_per_s"]
+        units = rate * wall if rate else 0
+        line.update(
+            per_s=rate,
+            echoes_per_s=result["echoes_per_s"],
+            p99_ms=result["p99_ms"],
+            stored_total=result["stored_total"],
+            sent=result["sent"],
+            commit_batch_mean=result["commit_batch_mean"],
+            commit_share=result["commit_share"],
+        )
+    else:
+        units = int(result["deliveries"])
+        line.update(
+            complete=result["complete"],
+            deliveries=units,
+            per_s=result["deliveries_per_s"],
+            p99_ms=result["p99_ms"],
+        )
+    line.update(
+        server_cpu_s=round(cpu, 3),
+        wall_s=round(wall, 3),
+        us_per_unit=round(cpu * 1e6 / units, 3) if units else None,
+        user_us=round(user * 1e6 / units, 3) if units else None,
+        system_us=round(system * 1e6 / units, 3) if units else None,
+        server_cpu=result["server_cpu"],
+        load_cpu=result["load_cpu"],
+        other_cpu=result["other_cpu"],
+        loadavg=round(os.getloadavg()[0], 2),
+        closed_during=result["closed_during"],
+    )
+    return line
 
 
-def summary(results: list[dict[str, Any]]) -> str:
-    floors = [r for r in results if r["target"] == "bare" and r.get("us_per_delivery")]
+def summary(results: list[dict[str, Any]], unit: str) -> str:
     lines = [
-        "| target | µs/delivery (median) | user / system µs (medians) | runs | vs floor (median of per-run ratios) |",
-        "|---|---|---|---|---|",
+        f"| target | µs per {unit} (median) | user / system µs (medians) | runs | per s (median) | "
+        "vs floor: µs (median of per-run ratios) | vs floor: rate |",
+        "|---|---|---|---|---|---|---|",
     ]
     for target in dict.fromkeys(r["target"] for r in results):
-        runs = [r for r in results if r["target"] == target and r.get("us_per_delivery")]
+        runs = [r for r in results if r["target"] == target and r.get("us_per_unit")]
         if not runs:
             continue
-        ratios = [r["vs_floor"] for r in runs if r.get("vs_floor")]
-        each = ", ".join(f"{r['us_per_delivery']:.2f}" for r in runs)
-        ratio = f"{statistics.median(ratios):.2f}x ({', '.join(f'{x:.2f}' for x in ratios)})" if ratios else "-"
-        median = statistics.median(r["us_per_delivery"] for r in runs)
+        median = statistics.median(r["us_per_unit"] for r in runs)
         user, system = (statistics.median(r[key] for r in runs) for key in ("user_us", "system_us"))
+        each = ", ".join(f"{r['us_per_unit']:.2f}" for r in runs)
+        rate = statistics.median(r["per_s"] for r in runs)
+        cells = []
+        for key in ("vs_floor", "rate_vs_floor"):
+            ratios = [r[key] for r in runs if r.get(key)]
+            listed = ", ".join(f"{x:.2f}" for x in ratios)
+            cells.append(f"{statistics.median(ratios):.2f}x ({listed})" if ratios else "-")
         split = f"{user:.2f} / {system:.2f}"
-        lines.append(f"| {target} | {median:.2f} | {split} | {each} | {ratio} |")
-    if not floors:
-        lines.append("(no bare run: no ratio)")
+        lines.append(f"| {target} | {median:.2f} | {split} | {each} | {rate:,.0f} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.fanout_cpu", description=__doc__.split("\n\n")[0])
-    p.add_argument("--targets", default=",".join(TARGETS))
+    p = argparse.ArgumentParser(prog="python -m bench.cpu_cost", description=__doc__.split("\n\n")[0])
+    p.add_argument("scenario", nargs="?", choices=["fanout", "ingest"], default="fanout")
+    p.add_argument("--targets", default=None, help=f"default: {','.join(TARGETS)} (fanout), project,bare (ingest)")
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--members", type=int, default=1000)
-    p.add_argument("--messages", type=int, default=1000)
-    p.add_argument("--window", type=int, default=20)
-    p.add_argument("--limit-s", type=float, default=60.0)
+    p.add_argument("--members", type=int, default=1000, help="fanout")
+    p.add_argument("--messages", type=int, default=1000, help="fanout")
+    p.add_argument("--window", type=int, default=20, help="fanout: messages in flight")
+    p.add_argument("--limit-s", type=float, default=60.0, help="fanout")
+    p.add_argument("--rooms", type=int, default=500, help="ingest")
+    p.add_argument("--seconds", type=float, default=10.0, help="ingest: the measured window")
     p.add_argument("--pad", type=int, default=64)
     p.add_argument("--concurrency", type=int, default=256)
     p.add_argument("--root", type=Path, default=ROOT, help="serve the project targets from this checkout")
+    p.add_argument("--server-env", action="append", default=[], metavar="KEY=VALUE", help="set for the server")
     p.add_argument("--profile", action="store_true", help="py-spy over the measured phase")
     p.add_argument("--perf", action="store_true", help="`perf record -g` over the measured phase (root)")
     args = p.parse_args()
     args.root = args.root.resolve()
+    args.server_env = dict(item.partition("=")[::2] for item in args.server_env)
     args.git = git_state() if args.root == ROOT else "other-root"
-    targets = [x.strip() for x in args.targets.split(",") if x.strip()]
+    default = TARGETS if args.scenario == "fanout" else ["project", "bare"]
+    targets = [x.strip() for x in args.targets.split(",") if x.strip()] if args.targets else default
     OUT.mkdir(parents=True, exist_ok=True)
     load.raise_fd_limit()
     os.sched_setaffinity(0, {LOAD_CORE})
@@ -242,12 +283,13 @@ def main() -> int:
     # Each run against the floor measured in the same repeat (the nearest in time).
     for r in results:
         floor = next((b for b in results if b["target"] == "bare" and b["n"] == r["n"]), None)
-        if floor and floor.get("us_per_delivery") and r.get("us_per_delivery"):
-            r["vs_floor"] = round(floor["us_per_delivery"] / r["us_per_delivery"], 3)
-    with (OUT / "fanout-cpu.jsonl").open("a") as sink:
+        if floor and floor.get("us_per_unit") and r.get("us_per_unit"):
+            r["vs_floor"] = round(floor["us_per_unit"] / r["us_per_unit"], 3)
+            r["rate_vs_floor"] = round(r["per_s"] / floor["per_s"], 3) if floor["per_s"] else None
+    with (OUT / "cpu-cost.jsonl").open("a") as sink:
         for r in results:
             sink.write(json.dumps(r) + "\n")
-    print(summary(results))
+    print(summary(results, "delivery" if args.scenario == "fanout" else "stored message (floor: echo)"))
     return 0
 
 
