@@ -62,6 +62,19 @@ from bench.run import (
 from bench.stats import TICKS, CpuMeter
 
 
+def context_switches(pid: int) -> int:
+    """Voluntary and involuntary context switches of every thread of the process so far."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            for line in (task / "status").read_text().splitlines():
+                if line.endswith("ctxt_switches:") or "ctxt_switches:" in line:
+                    total += int(line.split()[1])
+        except (OSError, ValueError):
+            pass  # a thread that ended meanwhile
+    return total
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds the process has used so far."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -78,6 +91,7 @@ class Window:
     reads it right after the last delivery)."""
 
     user0 = user1 = system0 = system1 = 0.0
+    switches0 = switches1 = 0
     wall0 = wall1 = 0.0
     on_start: Any = None
     on_end: Any = None
@@ -90,10 +104,12 @@ class WindowMeter(CpuMeter):
         super().__init__(server_pid)
         assert server_pid is not None
         (Window.user0, Window.system0), Window.wall0 = cpu_split(server_pid), time.monotonic()
+        Window.switches0 = context_switches(server_pid)
 
     def read(self) -> dict[str, float | list[float] | None]:
         assert self.server_pid is not None
         (Window.user1, Window.system1), Window.wall1 = cpu_split(self.server_pid), time.monotonic()
+        Window.switches1 = context_switches(self.server_pid)
         if Window.on_end is not None:
             Window.on_end()
         return super().read()
@@ -125,9 +141,9 @@ def profiler_hooks(pid: int, path: Path, perf: bool) -> tuple[Any, Any]:
     state: dict[str, subprocess.Popen[bytes]] = {}
 
     def start() -> None:
-        argv = [spy, "record", "--pid", str(pid), "--rate", "250", "--gil", "--nonblocking", "--format", "raw"]
+        argv = [spy, "record", "--pid", str(pid), "--rate", "997", "--gil", "--nonblocking", "--format", "raw"]
         if perf:  # kernel and C time too: `perf report -i FILE --no-children --sort dso,sym`
-            argv = ["perf", "record", "-F", "999", "-g", "-p", str(pid)]
+            argv = ["perf", "record", "-F", "999", *os.environ.get("PERF_CALLGRAPH", "-g").split(), "-p", str(pid)]
         state["p"] = subprocess.Popen([*argv, "-o", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         time.sleep(0.7)  # attached before the first message
 
@@ -214,6 +230,7 @@ def one(target: str, args: argparse.Namespace, run_id: str, number: int) -> dict
         us_per_unit=round(cpu * 1e6 / units, 3) if units else None,
         user_us=round(user * 1e6 / units, 3) if units else None,
         system_us=round(system * 1e6 / units, 3) if units else None,
+        switches_per_unit=round((Window.switches1 - Window.switches0) / units, 3) if units else None,
         server_cpu=result["server_cpu"],
         load_cpu=result["load_cpu"],
         other_cpu=result["other_cpu"],

@@ -6,8 +6,8 @@ out), so the endpoints send them as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, NamedTuple
 
 from . import outbox, streams
 from .db import Db, Row, Runner, new_ids, utc_now
@@ -21,8 +21,7 @@ COLUMNS = (
 IS_READ = "EXISTS (SELECT 1 FROM message_reads r WHERE r.message_id = m.id AND r.user_id <> m.sender_id)"
 
 
-@dataclass(frozen=True, slots=True)
-class Posted:
+class Posted(NamedTuple):
     message: dict[str, Any]
     frame: str | None  # None when the client_msg_id was seen before: nothing new to publish
     seq: int
@@ -48,8 +47,7 @@ def to_record(row: Row, is_read: bool) -> dict[str, Any]:
     return record
 
 
-@dataclass(frozen=True, slots=True)
-class NewMessage:
+class NewMessage(NamedTuple):
     room_id: str
     sender: dict[str, Any]
     content: str
@@ -152,7 +150,7 @@ class PostMessages:
 POST = PostMessages()
 
 
-async def post(
+def post(
     db: Db,
     room_id: str,
     sender: dict[str, Any],
@@ -163,11 +161,11 @@ async def post(
     client_msg_id: str | None = None,
     *,
     from_member: bool = False,
-) -> Posted:
-    """Store one message (or find the one this `client_msg_id` already stored).
+) -> Awaitable[Posted]:
+    """Store one message (or find the one this `client_msg_id` already stored); await the result.
     `from_member`: refuse it (`AccessEnded`) unless the sender is a member as it is written."""
     item = NewMessage(room_id, sender, content, message_type, file_url, file_name, client_msg_id, from_member)
-    return await db.write_batched(POST, item)
+    return db.write_batched(POST, item)
 
 
 async def history(db: Db, room_id: str, before_seq: int | None, limit: int) -> tuple[list[dict[str, Any]], bool]:
