@@ -22,6 +22,8 @@ TEN_YEARS = 10 * 365 * 86_400
 DAY = 86_400
 MAX_RATE = 1_000_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# transport/uvicorn.py's COMPRESSION_MODES (settings.py imports nothing of the project).
+WS_COMPRESSION_MODES = ("off", "stateless", "server")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 SYMMETRIC = ("HS256", "HS384", "HS512")
@@ -84,6 +86,10 @@ class Settings:
     chat_notification_window: float = 1.0
     # The cyclic garbage collector's first threshold while the server runs (0: Python's own, 700).
     gc_threshold: int = 50_000
+    # permessage-deflate (transport/uvicorn.py): off, stateless, or the server's own; and from
+    # which size a frame is compressed on the fast path.
+    ws_compression: str = "stateless"
+    ws_compression_min_bytes: int = 256
 
     @property
     def jwt_key(self) -> str:
@@ -153,6 +159,10 @@ class Settings:
             raise SettingsError("AGORA_APP_ID and AGORA_APP_CERTIFICATE go together")
         if self.token_expiry not in ("ignore", "close"):
             raise SettingsError(f"TOKEN_EXPIRY: {self.token_expiry!r} is not ignore or close")
+        if self.ws_compression not in WS_COMPRESSION_MODES:
+            raise SettingsError(
+                f"WS_COMPRESSION: {self.ws_compression!r} is not one of {', '.join(WS_COMPRESSION_MODES)}"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
         if self.session_secret is not None and len(self.session_secret) < STRONG_SECRET_LENGTH:
@@ -236,6 +246,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             "CHAT_NOTIFICATION_WINDOW_SECONDS", Settings.chat_notification_window, minimum=0.05, maximum=60
         ),
         gc_threshold=reader.int("GC_THRESHOLD", Settings.gc_threshold, 0, 10**7, "allocations"),
+        ws_compression=reader.str("WS_COMPRESSION") or Settings.ws_compression,
+        ws_compression_min_bytes=reader.int(
+            "WS_COMPRESSION_MIN_BYTES", Settings.ws_compression_min_bytes, 0, 2**24, "bytes"
+        ),
     )
     return settings.checked()
 

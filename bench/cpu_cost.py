@@ -141,7 +141,7 @@ def profiler_hooks(pid: int, path: Path, perf: bool) -> tuple[Any, Any]:
     state: dict[str, subprocess.Popen[bytes]] = {}
 
     def start() -> None:
-        argv = [spy, "record", "--pid", str(pid), "--rate", "997", "--gil", "--nonblocking", "--format", "raw"]
+        argv = [spy, "record", "--pid", str(pid), "--rate", "200", "--gil", "--format", "raw"]
         if perf:  # kernel and C time too: `perf report -i FILE --no-children --sort dso,sym`
             argv = ["perf", "record", "-F", "999", *os.environ.get("PERF_CALLGRAPH", "-g").split(), "-p", str(pid)]
         state["p"] = subprocess.Popen([*argv, "-o", str(path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

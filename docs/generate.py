@@ -85,6 +85,10 @@ MEANINGS: dict[str, str] = {
     "CHAT_NOTIFICATION_WINDOW_SECONDS": "seconds a room's chat notifications are gathered into one write (0.05 to 60)",
     "GC_THRESHOLD": "allocations between two collections of Python's youngest garbage generation while the server "
     "runs (the process's setting, for an embedding host too); 0 leaves Python's own (700)",
+    "WS_COMPRESSION": "permessage-deflate under uvicorn's sans-I/O protocol (`--ws-per-message-deflate`, on by "
+    "default): `stateless` (no context kept between messages: no memory per socket, each frame compressed once for "
+    "all), `off`, or `server` (uvicorn's own: context kept, ~45 KB more per socket, compressed per socket)",
+    "WS_COMPRESSION_MIN_BYTES": "with `stateless`, frames smaller than this go uncompressed (they gain little)",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}
