@@ -3,7 +3,8 @@
 Each app has its own `CollectorRegistry` (several apps in one process, as in
 the tests, never mix their numbers). The core calls one method here per event
 it counts; each method keeps the labelled child it resolved the first time, so
-a count is a dict look-up and an increment. A fan-out is counted once per
+a count is a dict look-up and an increment (frames in and out, counted per
+message, are plain integers read at scrape time). A fan-out is counted once per
 publish with the number of recipients, never once per socket. What the core
 already keeps (its open sockets, the broker's reconnects, the hub's publish
 failures) is read at scrape time by a collector and costs nothing in between.
@@ -55,18 +56,11 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.frames_in = Counter(
-            "realtime_frames_in",
-            "Client frames received, by channel and type (`invalid`: not a frame of the channel).",
-            ["channel", "type"],
-            registry=r,
-        )
-        self.frames_out = Counter(
-            "realtime_frames_out",
-            "Server frames handed to sockets, by type: replies one by one, fan-outs by their recipients.",
-            ["type"],
-            registry=r,
-        )
+        # Frames in and out: counted in plain dicts (one or two per message, on the hot
+        # path) and read at scrape time by `_FrameCounts`.
+        self.frames_in: dict[tuple[str, str], int] = {}
+        self.frames_out: dict[str, int] = {}
+        r.register(_FrameCounts(self))
         # Which server each socket's `send` came from, and whether the uvicorn fast path applied.
         self.transport_socket = socket_counter(r)
         self.errors = Counter("realtime_errors", "`error` frames sent, by code.", ["code"], registry=r)
@@ -100,8 +94,6 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self._in: dict[tuple[str, str], Any] = {}
-        self._out: dict[str, Any] = {}
         self._errors: dict[str, Any] = {}
         self._closes: dict[str, Any] = {}
 
@@ -118,10 +110,8 @@ class Metrics:
 
     def frame_in(self, channel: str, item: Decoded | BadFrame) -> None:
         key = (channel, item.type if isinstance(item, Decoded) else "invalid")
-        child = self._in.get(key)
-        if child is None:
-            child = self._in[key] = self.frames_in.labels(*key)
-        child.inc()
+        counts = self.frames_in
+        counts[key] = counts.get(key, 0) + 1
 
     def frame_out(self, text: str) -> None:
         """A frame for one socket (a reply, a snapshot, a replay)."""
@@ -157,10 +147,33 @@ class Metrics:
         self.store_errors.labels(kind).inc()
 
     def _count_out(self, type_: str, n: int) -> None:
-        child = self._out.get(type_)
-        if child is None:
-            child = self._out[type_] = self.frames_out.labels(type_)
-        child.inc(n)
+        counts = self.frames_out
+        counts[type_] = counts.get(type_, 0) + n
+
+
+class _FrameCounts(Collector):
+    """`realtime_frames_in` and `realtime_frames_out`, from the counts `Metrics` keeps."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        frames_in = CounterMetricFamily(
+            "realtime_frames_in",
+            "Client frames received, by channel and type (`invalid`: not a frame of the channel).",
+            labels=["channel", "type"],
+        )
+        for (channel, type_), count in sorted(self.metrics.frames_in.items()):
+            frames_in.add_metric([channel, type_], count)
+        yield frames_in
+        frames_out = CounterMetricFamily(
+            "realtime_frames_out",
+            "Server frames handed to sockets, by type: replies one by one, fan-outs by their recipients.",
+            labels=["type"],
+        )
+        for type_, count in sorted(self.metrics.frames_out.items()):
+            frames_out.add_metric([type_], count)
+        yield frames_out
 
 
 class _RuntimeCollector(Collector):
