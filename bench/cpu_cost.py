@@ -75,6 +75,13 @@ def context_switches(pid: int) -> int:
     return total
 
 
+def main_thread_cpu(pid: int) -> float:
+    """utime+stime of the process's main thread (the event loop); the rest is its other threads."""
+    stat = Path(f"/proc/{pid}/task/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
 def cpu_split(pid: int) -> tuple[float, float]:
     """(user, system) CPU seconds the process has used so far."""
     stat = Path(f"/proc/{pid}/stat").read_text()
@@ -92,6 +99,7 @@ class Window:
 
     user0 = user1 = system0 = system1 = 0.0
     switches0 = switches1 = 0
+    loop0 = loop1 = 0.0
     wall0 = wall1 = 0.0
     on_start: Any = None
     on_end: Any = None
@@ -105,11 +113,13 @@ class WindowMeter(CpuMeter):
         assert server_pid is not None
         (Window.user0, Window.system0), Window.wall0 = cpu_split(server_pid), time.monotonic()
         Window.switches0 = context_switches(server_pid)
+        Window.loop0 = main_thread_cpu(server_pid)
 
     def read(self) -> dict[str, float | list[float] | None]:
         assert self.server_pid is not None
         (Window.user1, Window.system1), Window.wall1 = cpu_split(self.server_pid), time.monotonic()
         Window.switches1 = context_switches(self.server_pid)
+        Window.loop1 = main_thread_cpu(self.server_pid)
         if Window.on_end is not None:
             Window.on_end()
         return super().read()
@@ -231,6 +241,7 @@ def one(target: str, args: argparse.Namespace, run_id: str, number: int) -> dict
         user_us=round(user * 1e6 / units, 3) if units else None,
         system_us=round(system * 1e6 / units, 3) if units else None,
         switches_per_unit=round((Window.switches1 - Window.switches0) / units, 3) if units else None,
+        loop_us=round((Window.loop1 - Window.loop0) * 1e6 / units, 3) if units else None,
         server_cpu=result["server_cpu"],
         load_cpu=result["load_cpu"],
         other_cpu=result["other_cpu"],

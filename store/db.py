@@ -128,46 +128,11 @@ class SqliteRunner:
         await cursor.close()
 
 
+@functools.lru_cache(maxsize=512)
 def to_dollar(sql: str) -> str:
     """`?` placeholders to asyncpg's `$1..$n` (our SQL has no `?` in literals)."""
-    # Long statements are the many-row ones (`insert_values`): made per batch size, not kept.
-    return _to_dollar(sql) if len(sql) <= 2048 else _dollars(sql)
-
-
-@functools.lru_cache(maxsize=512)
-def _to_dollar(sql: str) -> str:
-    return _dollars(sql)
-
-
-def _dollars(sql: str) -> str:
-    counter = iter(range(1, 100_000))
+    counter = iter(range(1, 10_000))
     return re.sub(r"\?", lambda _: f"${next(counter)}", sql)
-
-
-# Rows and bound parameters per many-row statement: well under SQLite's 32,766
-# parameters and PostgreSQL's 32,767.
-VALUES_ROWS = 500
-VALUES_PARAMS = 20_000
-
-
-async def insert_values(
-    tx: Runner, head: str, template: str, rows: Sequence[Sequence[Any]], tail: str = ""
-) -> list[Row]:
-    """`{head} VALUES {template}, {template}, ... {tail}` over `rows`, in as few
-    statements as the bounds allow; the rows a `RETURNING` tail gives.
-
-    One statement where `executemany` runs one per row: on SQLite that is one
-    hop to the connection's thread instead of two (the cursor's close), and one
-    step of the statement instead of one per row."""
-    found: list[Row] = []
-    if not rows:
-        return found
-    per = max(1, min(VALUES_ROWS, VALUES_PARAMS // max(1, len(rows[0]))))
-    for start in range(0, len(rows), per):
-        chunk = rows[start : start + per]
-        sql = f"{head} VALUES {', '.join([template] * len(chunk))} {tail}".rstrip()
-        found.extend(await tx.fetch_all(sql, [value for row in chunk for value in row]))
-    return found
 
 
 class PgRunner:

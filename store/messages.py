@@ -10,7 +10,7 @@ from collections.abc import Awaitable
 from typing import Any, NamedTuple
 
 from . import outbox, streams
-from .db import Db, Runner, insert_values, new_ids, utc_now
+from .db import Db, Runner, new_ids, utc_now
 from .errors import AccessEnded, Forbidden, NotFound
 from .message_rows import COLUMNS, FROM_ROW, frame, to_record
 
@@ -44,8 +44,8 @@ class NewMessage(NamedTuple):
 class PostMessages:
     """Chat messages of a whole group commit in a handful of statements:
     one look-up of repeated `client_msg_id`s, one seq reservation per batch,
-    and one many-row insert each for the rows and their stream events (the
-    event refers to its row: each message is written once)."""
+    and `executemany` for the rows and their stream events (the event refers
+    to its row: each message is written once)."""
 
     async def run(self, tx: Runner, items: list[NewMessage]) -> list[Posted | AccessEnded]:
         results: list[Posted | AccessEnded | None] = [None] * len(items)
@@ -90,7 +90,7 @@ class PostMessages:
                 # The message row is the event: its frame is not stored twice (store/message_rows.py).
                 events.append((stream, seq, FROM_ROW, now))
                 results[index] = Posted(record, text, seq)
-            await insert_values(tx, f"INSERT INTO messages ({COLUMNS})", f"({', '.join('?' * 12)})", rows)
+            await tx.executemany(f"INSERT INTO messages ({COLUMNS}) VALUES ({', '.join('?' * 12)})", rows)
             await outbox.record(tx, events)
         for index, item in enumerate(items):
             if results[index] is None:

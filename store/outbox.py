@@ -20,11 +20,14 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from . import message_rows
-from .db import Db, PgRunner, Runner, insert_values
+from .db import Db, PgRunner, Runner
 
 # (stream, seq, frame) of one event to publish, oldest first per stream.
 Pending = tuple[str, int, str]
 Publish = Callable[[list[Pending]], Awaitable[None]]
+
+INSERT_EVENT = "INSERT INTO stream_events (stream, seq, frame, created_at) VALUES (?, ?, ?, ?)"
+INSERT = "INSERT INTO stream_outbox (stream, seq, created_ms) VALUES (?, ?, ?)"
 
 # Rows the relay takes per pass (one broker pipeline, one delete).
 RELAY_BATCH = 500
@@ -48,11 +51,10 @@ async def record(tx: Runner, events: Sequence[tuple[str, int, str, str]]) -> Non
     """Log stream events `(stream, seq, frame, created_at)`, and with the outbox
     on, their outbox rows: in the caller's transaction. A `chat_message`'s
     frame is `message_rows.FROM_ROW`: its message row is the event."""
-    await insert_values(tx, "INSERT INTO stream_events (stream, seq, frame, created_at)", "(?, ?, ?, ?)", events)
+    await tx.executemany(INSERT_EVENT, events)
     if tx.outbox:
         created = now_ms()
-        rows = [(stream, seq, created) for stream, seq, _, _ in events]
-        await insert_values(tx, "INSERT INTO stream_outbox (stream, seq, created_ms)", "(?, ?, ?)", rows)
+        await tx.executemany(INSERT, [(stream, seq, created) for stream, seq, _, _ in events])
 
 
 class Outbox:

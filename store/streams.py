@@ -14,9 +14,11 @@ from typing import Any
 import msgspec
 
 from . import message_rows, outbox
-from .db import Db, Runner, insert_values, utc_now
+from .db import Db, Runner, utc_now
 
 _encode = msgspec.json.Encoder().encode
+# Streams read back per statement (well under every driver's parameter limit).
+READ_CHUNK = 500
 
 # The row that holds the streams table's own epoch (no topic is named ""): a new
 # stream's row takes it, so a client that saw a stream before its first event
@@ -56,20 +58,24 @@ async def next_seq(tx: Runner, stream: str) -> int:
 async def advance(tx: Runner, counts: dict[str, int]) -> dict[str, int]:
     """Reserve `count` seqs on each stream at once; returns each stream's last seq before.
 
-    One upsert over all the streams, returning their new last seqs, in sorted
+    One upsert over all the streams (`executemany`: on SQLite one many-row
+    statement, prepared per row count, measured three times slower), in sorted
     order, so two writers lock the same rows in the same order on PostgreSQL
     (no deadlock); a concurrent creator of the same row makes the other one
     update it.
     """
     names = sorted(counts)
-    rows = await insert_values(
-        tx,
-        "INSERT INTO streams (stream, last_seq, epoch)",
-        f"(?, ?, {TABLE_EPOCH})",
+    await tx.executemany(
+        f"INSERT INTO streams (stream, last_seq, epoch) VALUES (?, ?, {TABLE_EPOCH}) "
+        "ON CONFLICT (stream) DO UPDATE SET last_seq = streams.last_seq + excluded.last_seq",
         [(name, counts[name]) for name in names],
-        "ON CONFLICT (stream) DO UPDATE SET last_seq = streams.last_seq + excluded.last_seq RETURNING stream, last_seq",
     )
-    after = {str(row[0]): int(row[1]) for row in rows}
+    after: dict[str, int] = {}
+    for start in range(0, len(names), READ_CHUNK):
+        chunk = names[start : start + READ_CHUNK]
+        marks = ", ".join("?" * len(chunk))
+        rows = await tx.fetch_all(f"SELECT stream, last_seq FROM streams WHERE stream IN ({marks})", chunk)
+        after.update((str(row[0]), int(row[1])) for row in rows)
     return {name: after[name] - counts[name] for name in names}
 
 
