@@ -72,7 +72,7 @@ from .store.errors import StoreUnavailable
 from .store.migrate import MigrationError
 from .store.outbox import Outbox
 from .store.streams import StreamLog
-from .transport import guard
+from .transport import compression, guard
 from .transport.asgi import SocketRoutes
 from .transport.drain import Drain
 from .transport.lifespan import StartOnFirstUse
@@ -289,7 +289,11 @@ def create_app(settings: Settings, *, configure_logging: bool = True, tune_gc: b
         # Outermost: under a server without lifespan (daphne) the services start on the first request.
         middleware=[
             Middleware(StartOnFirstUse, started=lambda app: hasattr(app.state, "runtime")),
-            Middleware(SocketRoutes, routes=sockets),
+            Middleware(
+                SocketRoutes,
+                routes=sockets,
+                prepare=compression(settings.ws_compression, settings.ws_compression_min_bytes),
+            ),
         ],
         # Every HTTP route, wrapped by `api.service` or not (uploads): a store fault is 503, not 500.
         exception_handlers={StoreUnavailable: store_unavailable},

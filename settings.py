@@ -24,6 +24,8 @@ TEN_YEARS = 10 * 365 * 86_400
 DAY = 86_400
 MAX_RATE = 1_000_000
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+# transport/uvicorn.py's COMPRESSION_MODES (settings.py imports nothing of the project).
+WS_COMPRESSION_MODES = ("off", "stateless", "server")
 DEFAULT_PORTS = {"http": 80, "https": 443}
 ASYMMETRIC = ("RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256", "PS384", "PS512", "EdDSA")
 SYMMETRIC = ("HS256", "HS384", "HS512")
@@ -110,7 +112,11 @@ class Settings:
     webhook_presence_debounce: float = 10.0
     # The cyclic garbage collector's thresholds (gc.set_threshold) for a process the
     # server owns; None leaves Python's (700, 10, 10). See docs/deploy.md.
-    gc_thresholds: tuple[int, int, int] | None = (10_000, 20, 100)
+    gc_thresholds: tuple[int, int, int] | None = (50_000, 20, 100)
+    # permessage-deflate (transport/uvicorn.py): off, stateless, or the server's own; and from
+    # which size a frame is compressed on the fast path.
+    ws_compression: str = "stateless"
+    ws_compression_min_bytes: int = 256
 
     @property
     def jwt_key(self) -> str:
@@ -180,6 +186,10 @@ class Settings:
             raise SettingsError("AGORA_APP_ID and AGORA_APP_CERTIFICATE go together")
         if self.token_expiry not in ("ignore", "close"):
             raise SettingsError(f"TOKEN_EXPIRY: {self.token_expiry!r} is not ignore or close")
+        if self.ws_compression not in WS_COMPRESSION_MODES:
+            raise SettingsError(
+                f"WS_COMPRESSION: {self.ws_compression!r} is not one of {', '.join(WS_COMPRESSION_MODES)}"
+            )
         if self.log_format not in ("text", "json"):
             raise SettingsError(f"LOG_FORMAT: {self.log_format!r} is not text or json")
         if self.session_secret is not None and len(self.session_secret) < STRONG_SECRET_LENGTH:
@@ -409,6 +419,10 @@ def from_env(env: Mapping[str, str] | None = None) -> Settings:
             "WEBHOOK_PRESENCE_DEBOUNCE_SECONDS", Settings.webhook_presence_debounce, minimum=0.05, maximum=3600
         ),
         gc_thresholds=reader.thresholds("GC_THRESHOLDS", Settings.gc_thresholds),
+        ws_compression=reader.str("WS_COMPRESSION") or Settings.ws_compression,
+        ws_compression_min_bytes=reader.int(
+            "WS_COMPRESSION_MIN_BYTES", Settings.ws_compression_min_bytes, 0, 2**24, "bytes"
+        ),
     )
     return settings.checked()
 
@@ -456,7 +470,7 @@ class _Reader:
             return default
         if raw.lower() == "python":
             return None
-        expected = "three integers from 1 to 10000000 (generation 0,1,2), e.g. 10000,20,100, or python"
+        expected = "three integers from 1 to 10000000 (generation 0,1,2), e.g. 50000,20,100, or python"
         parts = [part.strip() for part in raw.split(",")]
         if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
             raise SettingsError(f"{name}: {raw!r} is not {expected}")

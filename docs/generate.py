@@ -107,6 +107,10 @@ MEANINGS: dict[str, str] = {
     "WEBHOOK_PRESENCE_DEBOUNCE_SECONDS": "seconds without change before `user.online`/`user.offline` is told",
     "GC_THRESHOLDS": "the garbage collector's thresholds in a server process (`gc.set_threshold`), three integers; "
     "`python` keeps Python's `700,10,10`; an embedding host app keeps its own",
+    "WS_COMPRESSION": "permessage-deflate under uvicorn's sans-I/O protocol (`--ws-per-message-deflate`, on by "
+    "default): `stateless` (no context kept between messages: no memory per socket, each frame compressed once for "
+    "all), `off`, or `server` (uvicorn's own: context kept, ~45 KB more per socket, compressed per socket)",
+    "WS_COMPRESSION_MIN_BYTES": "with `stateless`, frames smaller than this go uncompressed (they gain little)",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}
@@ -116,7 +120,7 @@ DEFAULTS = {
     "JWT_ALGORITHMS": "`HS256`",
     "WEB_CONCURRENCY": "1",
     "MAX_CONNECTIONS": "(open-file limit)",
-    "GC_THRESHOLDS": "`10000,20,100`",
+    "GC_THRESHOLDS": "`50000,20,100`",
 }
 READ = re.compile(r'reader\.\w+\(\s*"([A-Z_]+)"')
 FIELD = re.compile(r'^\s*(\w+)=[\w.]*\(?\s*reader\.\w+\(\s*"([A-Z_]+)"', re.MULTILINE)

@@ -54,7 +54,8 @@ class ChatEndpoint(BaseEndpoint):
     # ---- frames ------------------------------------------------------------------
 
     async def handle_chat_message(self, frame: frames.ChatMessage) -> None:
-        await self._stop_typing()
+        if self.typing is not None:
+            await self._stop_typing()
         before = self.last_seq
         posted = await self.rt.post_message(
             self.room_id,

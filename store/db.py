@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Protocol, TypeVar
+from typing import IO, Any, NamedTuple, Protocol, TypeVar
 
 import databases
 
@@ -190,8 +190,7 @@ class BatchKind(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
-class Batched:
+class Batched(NamedTuple):
     kind: BatchKind
     item: Any
 
@@ -284,7 +283,12 @@ class GroupCommitWriter:
         self._task = asyncio.create_task(self._run(), name="store-writer")
         self._watchdog = asyncio.create_task(self._watch(), name="store-writer-watchdog")
 
-    async def submit(self, job: Job[T] | Batched) -> T:
+    def submit(self, job: Job[T] | Batched) -> asyncio.Future[T]:
+        """Queue `job`; its result (or error) comes in the returned future.
+
+        A plain function, not a coroutine: the caller awaits the future itself,
+        one coroutine frame fewer to make and resume per write (every chat
+        message is one)."""
         if self._task is None or self._task.done():
             raise RuntimeError("store writer is not running")
         if self.link is None:
@@ -297,7 +301,7 @@ class GroupCommitWriter:
         # The job is queued, not awaited: if the caller is cancelled (its socket
         # closed), only its future is, and the write still commits. What a
         # client sent and the server accepted is kept.
-        return await future
+        return future
 
     async def close(self) -> None:
         """Commit what is queued, then stop (bounded: a store that stopped answering does not hold the exit)."""
@@ -675,7 +679,12 @@ class Db:
         held.runner.webhooks = self._webhooks
         if self._sole_lock and not self.is_sqlite:
             # The session lock went with the old connection: take it again.
-            row = await held.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
+            try:
+                row = await held.runner.fetch_one(f"SELECT pg_try_advisory_lock({SOLE_PROCESS_KEY})")
+            except BaseException:
+                # Not left holding a connection nobody would give back (its task would wait for ever).
+                await held.close()
+                raise
             if not (row and row[0]):
                 log.error("another server process took this database's sole-process lock while the store was away")
         return held
@@ -722,13 +731,15 @@ class Db:
         self.writer.runner.webhooks = targets
         self.writer.on_commit = targets.committed
 
-    async def write(self, job: Job[T]) -> T:
+    def write(self, job: Job[T]) -> Awaitable[T]:
+        """Run `job` in the writer's next group commit; await the result."""
         assert self.writer is not None, "store is not connected"
-        return await self.writer.submit(job)
+        return self.writer.submit(job)
 
-    async def write_batched(self, kind: BatchKind, item: Any) -> Any:
+    def write_batched(self, kind: BatchKind, item: Any) -> Awaitable[Any]:
+        """Queue `item` for `kind`'s statement of the next group commit; await the result."""
         assert self.writer is not None, "store is not connected"
-        return await self.writer.submit(Batched(kind, item))
+        return self.writer.submit(Batched(kind, item))
 
     async def _read(self, call: Callable[[Runner], Awaitable[T]]) -> T:
         """A read; one that lost its connection runs once more on a fresh one

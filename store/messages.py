@@ -6,50 +6,25 @@ out), so the endpoints send them as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, NamedTuple
 
 from . import outbox, streams, webhooks
-from .db import Db, Row, Runner, new_ids, utc_now
+from .db import Db, Runner, new_ids, utc_now
 from .errors import AccessEnded, Forbidden, NotFound
+from .message_rows import COLUMNS, FROM_ROW, frame, to_record
 
-COLUMNS = (
-    "id, seq, room_id, sender_id, sender_name, sender_image, content, message_type, "
-    "file_url, file_name, client_msg_id, created_at"
-)
 # `is_read`: some member other than the sender has read it.
 IS_READ = "EXISTS (SELECT 1 FROM message_reads r WHERE r.message_id = m.id AND r.user_id <> m.sender_id)"
 
 
-@dataclass(frozen=True, slots=True)
-class Posted:
+class Posted(NamedTuple):
     message: dict[str, Any]
     frame: str | None  # None when the client_msg_id was seen before: nothing new to publish
     seq: int
 
 
-def to_record(row: Row, is_read: bool) -> dict[str, Any]:
-    sender: dict[str, Any] = {"id": int(row[3]), "name": row[4]}
-    if row[5]:
-        sender["profile_image"] = row[5]
-    record: dict[str, Any] = {
-        "id": row[0],
-        "seq": int(row[1]),
-        "room_id": row[2],
-        "sender": sender,
-        "content": row[6],
-        "message_type": row[7],
-        "created_at": row[11],
-        "is_read": is_read,
-    }
-    for key, value in (("file_url", row[8]), ("file_name", row[9]), ("client_msg_id", row[10])):
-        if value is not None:
-            record[key] = value
-    return record
-
-
-@dataclass(frozen=True, slots=True)
-class NewMessage:
+class NewMessage(NamedTuple):
     room_id: str
     sender: dict[str, Any]
     content: str
@@ -76,7 +51,8 @@ def created_event(posted: Posted) -> webhooks.Event:
 class PostMessages:
     """Chat messages of a whole group commit in a handful of statements:
     one look-up of repeated `client_msg_id`s, one seq reservation per batch,
-    and `executemany` for the rows and their stream events."""
+    and `executemany` for the rows and their stream events (the event refers
+    to its row: each message is written once)."""
 
     async def run(self, tx: Runner, items: list[NewMessage]) -> list[Posted | AccessEnded]:
         results: list[Posted | AccessEnded | None] = [None] * len(items)
@@ -116,9 +92,10 @@ class PostMessages:
                     item.file_name, item.client_msg_id, now,
                 )  # fmt: skip
                 record = to_record(row, False)
-                text = streams.frame("chat_message", seq, {"message": record})
+                text = frame(seq, record)
                 rows.append(row)
-                events.append((stream, seq, text, now))
+                # The message row is the event: its frame is not stored twice (store/message_rows.py).
+                events.append((stream, seq, FROM_ROW, now))
                 done = Posted(record, text, seq)
                 results[index] = done
                 posted.append(done)
@@ -163,7 +140,7 @@ class PostMessages:
 POST = PostMessages()
 
 
-async def post(
+def post(
     db: Db,
     room_id: str,
     sender: dict[str, Any],
@@ -174,11 +151,11 @@ async def post(
     client_msg_id: str | None = None,
     *,
     from_member: bool = False,
-) -> Posted:
-    """Store one message (or find the one this `client_msg_id` already stored).
+) -> Awaitable[Posted]:
+    """Store one message (or find the one this `client_msg_id` already stored); await the result.
     `from_member`: refuse it (`AccessEnded`) unless the sender is a member as it is written."""
     item = NewMessage(room_id, sender, content, message_type, file_url, file_name, client_msg_id, from_member)
-    return await db.write_batched(POST, item)
+    return db.write_batched(POST, item)
 
 
 async def history(db: Db, room_id: str, before_seq: int | None, limit: int) -> tuple[list[dict[str, Any]], bool]:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from . import message_rows
 from .db import Db, PgRunner, Runner
 
 # (stream, seq, frame) of one event to publish, oldest first per stream.
@@ -27,11 +28,17 @@ Publish = Callable[[list[Pending]], Awaitable[None]]
 
 INSERT_EVENT = "INSERT INTO stream_events (stream, seq, frame, created_at) VALUES (?, ?, ?, ?)"
 INSERT = "INSERT INTO stream_outbox (stream, seq, created_ms) VALUES (?, ?, ?)"
+
 # Rows the relay takes per pass (one broker pipeline, one delete).
 RELAY_BATCH = 500
+# With each chat message's row: its event's frame is made from it (store/message_rows.py).
 CLAIM = (
-    "SELECT o.stream, o.seq, e.frame FROM stream_outbox o "
+    "SELECT o.stream, o.seq, e.frame, "
+    + ", ".join(f"m.{column.strip()}" for column in message_rows.COLUMNS.split(","))
+    + " FROM stream_outbox o "
     "LEFT JOIN stream_events e ON e.stream = o.stream AND e.seq = o.seq "
+    f"LEFT JOIN messages m ON e.frame = '{message_rows.FROM_ROW}' "
+    f"AND m.room_id = SUBSTR(o.stream, {len(message_rows.ROOM_STREAM) + 1}) AND m.seq = o.seq "
     "WHERE o.created_ms < ? ORDER BY o.stream, o.seq LIMIT ?"
 )
 
@@ -42,7 +49,8 @@ def now_ms() -> int:
 
 async def record(tx: Runner, events: Sequence[tuple[str, int, str, str]]) -> None:
     """Log stream events `(stream, seq, frame, created_at)`, and with the outbox
-    on, their outbox rows: in the caller's transaction."""
+    on, their outbox rows: in the caller's transaction. A `chat_message`'s
+    frame is `message_rows.FROM_ROW`: its message row is the event."""
     await tx.executemany(INSERT_EVENT, events)
     if tx.outbox:
         created = now_ms()
@@ -116,5 +124,15 @@ class Outbox:
 
 
 def _live(rows: Sequence[Sequence[Any]]) -> list[Pending]:
-    # A row whose event is gone (never expected) is deleted unpublished.
-    return [(str(r[0]), int(r[1]), str(r[2])) for r in rows if r[2] is not None]
+    """The claimed rows' events, a chat message's made from its row. A row whose
+    event (or message) is gone (never expected) is deleted unpublished."""
+    live = []
+    for row in rows:
+        frame = row[2]
+        message = row[3:]
+        if frame == message_rows.FROM_ROW:
+            made = message[0] is not None
+            frame = message_rows.frame(int(row[1]), message_rows.to_record(message, False)) if made else None
+        if frame is not None:
+            live.append((str(row[0]), int(row[1]), str(frame)))
+    return live

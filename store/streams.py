@@ -13,14 +13,12 @@ from typing import Any
 
 import msgspec
 
-from . import outbox
+from . import message_rows, outbox
 from .db import Db, Runner, utc_now
 
 _encode = msgspec.json.Encoder().encode
 # Streams read back per statement (well under every driver's parameter limit).
 READ_CHUNK = 500
-# Every writer of stream_events uses this, so each event has its time (retention prunes by it).
-
 
 # The row that holds the streams table's own epoch (no topic is named ""): a new
 # stream's row takes it, so a client that saw a stream before its first event
@@ -60,9 +58,11 @@ async def next_seq(tx: Runner, stream: str) -> int:
 async def advance(tx: Runner, counts: dict[str, int]) -> dict[str, int]:
     """Reserve `count` seqs on each stream at once; returns each stream's last seq before.
 
-    One upsert over all the streams (`executemany`), in sorted order, so two
-    writers lock the same rows in the same order on PostgreSQL (no deadlock);
-    a concurrent creator of the same row makes the other one update it.
+    One upsert over all the streams (`executemany`: on SQLite one many-row
+    statement, prepared per row count, measured three times slower), in sorted
+    order, so two writers lock the same rows in the same order on PostgreSQL
+    (no deadlock); a concurrent creator of the same row makes the other one
+    update it.
     """
     names = sorted(counts)
     await tx.executemany(
@@ -143,8 +143,10 @@ async def since(db: Db, stream: str, after: int, limit: int, upto: int = 0) -> l
         "SELECT seq, frame FROM stream_events WHERE stream = ? AND seq > ? ORDER BY seq LIMIT ?",
         (stream, after, limit + 1),
     )
-    rows = [(int(seq), text) for seq, text in found]
-    if len(rows) > limit or not _unbroken(rows, after) or (rows[-1][0] if rows else after) < upto:
+    if len(found) > limit:
+        return None
+    rows = await _with_message_frames(db, stream, [(int(seq), text) for seq, text in found])
+    if not _unbroken(rows, after) or (rows[-1][0] if rows else after) < upto:
         return None
     return rows
 
@@ -155,10 +157,20 @@ async def between(db: Db, stream: str, after: int, upto: int) -> list[tuple[int,
         "SELECT seq, frame FROM stream_events WHERE stream = ? AND seq > ? AND seq <= ? ORDER BY seq",
         (stream, after, upto),
     )
-    rows = [(int(seq), text) for seq, text in found]
+    rows = await _with_message_frames(db, stream, [(int(seq), text) for seq, text in found])
     if len(rows) != max(0, upto - after) or not _unbroken(rows, after):
         return None
     return rows
+
+
+async def _with_message_frames(db: Db, stream: str, rows: list[tuple[int, str]]) -> list[tuple[int, str]]:
+    """`rows` with each `chat_message` event's frame made from its message row
+    (store/message_rows.py); one whose row is gone is left out, a hole."""
+    wanted = [seq for seq, text in rows if text == message_rows.FROM_ROW]
+    if not wanted:
+        return rows
+    made = await message_rows.frames(db.fetch_all, stream, wanted)
+    return [(seq, made[seq] if text == message_rows.FROM_ROW else text) for seq, text in rows if text or seq in made]
 
 
 # How many missed events a process refills from the store before it asks its

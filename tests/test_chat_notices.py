@@ -187,3 +187,31 @@ async def test_a_window_the_store_could_not_take_is_told_with_the_next() -> None
     await notices.close()
     notices.add("r", message(4), flush)  # shutting down: nothing more is gathered
     assert notices.pending == {}
+
+
+async def test_a_window_that_told_nobody_ends_its_flusher_at_once_and_a_telling_one_waits() -> None:
+    """Everybody was in the room: nothing was written, so there is nothing to pace
+    and the room's flusher ends (the next message is looked at afresh). Somebody
+    was told: the flusher waits out the window, gathering what comes meanwhile."""
+    notices = ChatNotices(window=30.0)
+    away: list[int] = []
+    flushes: list[int] = []
+
+    async def flush(window: Window) -> int:
+        flushes.append(window.total)
+        return len(away)
+
+    message = {"sender": {"id": 1}, "content": "m"}
+    notices.add("r", message, flush)
+    for _ in range(100):
+        if not notices.tasks:
+            break
+        await asyncio.sleep(0.01)
+    assert flushes == [1] and not notices.tasks and notices.pending == {}
+    away.append(9)
+    notices.add("r", message, flush)
+    await asyncio.sleep(0.05)
+    notices.add("r", message, flush)  # gathered for the end of the window
+    assert flushes == [1, 1] and len(notices.tasks) == 1 and notices.pending["r"].total == 1
+    await notices.close()  # shutdown ends the wait: what was gathered is written now
+    assert flushes == [1, 1, 1] and not notices.tasks

@@ -73,7 +73,7 @@ def test_token_expiry_defaults_to_close_and_ignore_is_still_taken() -> None:
 
 
 def test_gc_thresholds_default_to_the_servers_and_python_keeps_pythons() -> None:
-    assert from_env(GOOD).gc_thresholds == (10_000, 20, 100)
+    assert from_env(GOOD).gc_thresholds == (50_000, 20, 100)
     assert from_env({**GOOD, "GC_THRESHOLDS": " 700, 10 ,10 "}).gc_thresholds == (700, 10, 10)
     assert from_env({**GOOD, "GC_THRESHOLDS": "Python"}).gc_thresholds is None
 

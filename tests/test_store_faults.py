@@ -523,3 +523,35 @@ def test_the_busy_timeout_is_read_in_seconds() -> None:
 
     assert from_env({"JWT_SECRET": "x" * 40, "STORE_BUSY_TIMEOUT": "0.25"}).store_busy_timeout == 0.25
     assert from_env({"JWT_SECRET": "x" * 40}).store_busy_timeout == 10.0
+
+
+async def test_a_writer_connection_that_fails_its_lock_query_is_given_back() -> None:
+    """Reconnecting on PostgreSQL takes the sole-process lock again; if that
+    query fails (the store went away again), the fresh connection is closed,
+    not left held by a task that would wait for ever."""
+    from realtime.store.db import Db
+
+    class Runner:
+        outbox = False
+
+        async def fetch_one(self, sql: str, params: Any = ()) -> Any:
+            raise ConnectionResetError("gone again")
+
+    class Link:
+        runner = Runner()
+        closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    db = Db("postgresql://nowhere/test")
+    link = Link()
+
+    async def opened() -> Any:
+        return link
+
+    db._open = opened  # type: ignore[method-assign]
+    db._sole_lock = True
+    with pytest.raises(ConnectionResetError):
+        await db._open_writer()
+    assert link.closed

@@ -4,7 +4,10 @@ the fast-path adapter's choice (the server matrix is tests/test_servers.py)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Generator
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,8 @@ import pytest
 
 from realtime.transport import server_of
 from realtime.transport.asgi import RAW_SEND, Outbound, RawSend
-from realtime.transport.uvicorn import direct_writer, protocol_of, why_not
-from tests.conftest import base_settings, chat, running
+from realtime.transport.uvicorn import direct_writer, drop_connection, protocol_of, why_not
+from tests.conftest import Client, base_settings, chat, running, token, ws
 
 pytestmark = pytest.mark.anyio
 
@@ -173,3 +176,97 @@ async def test_on_an_untested_uvicorn_the_fast_path_stays_off(tmp_path: Path, mo
                 await a.send({"type": "chat_message", "content": "either way"})
                 for client in (a, b):
                     assert (await client.expect("chat_message"))["message"]["content"] == "either way"
+
+
+# ---- the fast path holds the frames of one turn and writes them together ---------------
+
+
+@contextlib.asynccontextmanager
+async def member(srv: Any, user_id: int, compressed: bool) -> AsyncIterator[tuple[Client, Any, list[bytes]]]:
+    """A chat member of room r1; its endpoint on the server; every write to its transport."""
+    url = srv.ws_url("/ws/chat/r1/", token=token(user_id, name=f"user{user_id}"))
+    async with ws(url, compression="deflate" if compressed else None) as client:
+        await client.expect("message_history")
+        endpoint = next(iter(srv.runtime.sockets[user_id]))
+        assert endpoint.out.fast
+        transport = endpoint.scope[RAW_SEND].__self__.transport
+        writes: list[bytes] = []
+        write = transport.write
+
+        def counted(data: bytes) -> None:
+            writes.append(bytes(data))
+            write(data)
+
+        transport.write = counted
+        yield client, endpoint, writes
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "deflate"])
+async def test_frames_of_one_turn_go_out_in_one_write_in_order_and_before_a_close(
+    tmp_path: Path, compressed: bool
+) -> None:
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r1", [1])
+        async with member(srv, 1, compressed) as (client, endpoint, writes):
+            sent = endpoint.out.sent
+            for i in range(5):
+                endpoint.out.push(json.dumps({"type": "pong", "n": i}))
+            endpoint.out.close(4003, "gone")  # through uvicorn's own `send`, after the held frames
+            assert writes == []  # held until the turn ends
+            assert [(await client.expect("pong"))["n"] for _ in range(5)] == [0, 1, 2, 3, 4]
+            assert await client.closed() == 4003
+            assert len(writes) == 2  # the five frames, then the close frame
+            assert endpoint.out.sent == sent + 5
+
+
+async def test_a_fan_out_of_several_events_in_one_turn_is_one_write_per_member(tmp_path: Path) -> None:
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r1", [1, 2])
+        async with member(srv, 1, False) as (a, _, writes_a), member(srv, 2, True) as (b, _, writes_b):
+            for i in range(3):  # the memory broker fans out in the publisher's stack: one turn
+                await srv.runtime.publish("room:r1", "typing_start", json.dumps({"type": "typing_start", "n": i}))
+            for client in (a, b):
+                assert [(await client.expect("typing_start"))["n"] for _ in range(3)] == [0, 1, 2]
+            assert len(writes_a) == 1 and len(writes_b) == 1
+
+
+async def test_a_socket_holding_many_frames_writes_them_at_the_hold_limit(tmp_path: Path) -> None:
+    from realtime.transport.uvicorn import HOLD_LIMIT
+
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r1", [1])
+        async with member(srv, 1, False) as (client, endpoint, writes):
+            for i in range(HOLD_LIMIT + 3):
+                endpoint.out.push(json.dumps({"type": "pong", "n": i}))
+            assert len(writes) == 1  # the first HOLD_LIMIT frames, at once
+            got = [(await client.expect("pong"))["n"] for _ in range(HOLD_LIMIT + 3)]
+            assert got == list(range(HOLD_LIMIT + 3))
+            assert len(writes) == 2
+
+
+async def test_dropping_a_connection_writes_what_it_holds_first(tmp_path: Path) -> None:
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r1", [1])
+        async with member(srv, 1, False) as (client, endpoint, _):
+            for i in range(3):
+                endpoint.out.push(json.dumps({"type": "pong", "n": i}))
+            assert drop_connection(endpoint.scope[RAW_SEND])
+            assert [(await client.expect("pong"))["n"] for _ in range(3)] == [0, 1, 2]
+            assert await client.closed() == 1006  # no close frame
+
+
+async def test_frames_held_for_a_connection_that_is_gone_are_dropped_quietly(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r1", [1, 2])
+        async with member(srv, 1, False) as (gone, endpoint, writes), member(srv, 2, False) as (other, _, _):
+            endpoint.out.push(json.dumps({"type": "pong", "n": 0}))
+            endpoint.scope[RAW_SEND].__self__.transport.abort()
+            await asyncio.sleep(0.05)
+            assert writes == []
+            assert await gone.closed() == 1006
+            # The server goes on for everybody else.
+            await other.send({"type": "chat_message", "content": "still here"})
+            assert (await other.expect("chat_message"))["message"]["content"] == "still here"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("realtime")]

@@ -17,9 +17,19 @@ from prometheus_client import CollectorRegistry, Counter
 from starlette.types import Receive, Scope
 
 from .asgi import RAW_SEND, Outbound, RawSend, raw_send
-from .uvicorn import VERSION_TEXT, adopt, direct_writer, why_not
+from .uvicorn import COMPRESSION_MODES, VERSION_TEXT, adopt, direct_writer, negotiate, why_not
 
-__all__ = ["RAW_SEND", "Outbound", "RawSend", "attach", "raw_send", "server_of", "socket_counter"]
+__all__ = [
+    "COMPRESSION_MODES",
+    "RAW_SEND",
+    "Outbound",
+    "RawSend",
+    "attach",
+    "compression",
+    "raw_send",
+    "server_of",
+    "socket_counter",
+]
 
 log = logging.getLogger("realtime.transport")
 
@@ -40,11 +50,28 @@ def server_of(send: Any) -> str:
     return "other"
 
 
+# The scope key under which `compression` leaves the size from which frames are compressed.
+COMPRESS_FROM = "realtime.compress_from"
+
+
+def compression(mode: str, compress_from: int) -> Callable[[Scope], None]:
+    """Called with each socket's scope before its handshake is answered
+    (`SocketRoutes`): its permessage-deflate as WS_COMPRESSION says (under
+    uvicorn's sans-I/O protocol; other servers negotiate by themselves), and
+    from which size the fast path compresses (WS_COMPRESSION_MIN_BYTES)."""
+
+    def prepare(scope: Scope) -> None:
+        negotiate(scope.get(RAW_SEND), mode)
+        scope[COMPRESS_FROM] = compress_from
+
+    return prepare
+
+
 def attach(scope: Scope, send: Any, receive: Receive, limit: int) -> tuple[Outbound, Receive, str, bool]:
     """A socket's outbound side and `receive`, once its handshake is done:
     (outbound, receive, server, fast path in effect)."""
     raw = scope.get(RAW_SEND, send)
-    direct = direct_writer(raw)
+    direct = direct_writer(raw, scope.get(COMPRESS_FROM, 0))
     server = server_of(raw)
     if direct is None:
         # The plain path: through the `send` the endpoint was given, middleware and all.

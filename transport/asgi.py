@@ -46,13 +46,19 @@ class SocketRoutes:
     suspended for the socket's whole life, in memory and on every resume.
     """
 
-    def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
+    def __init__(
+        self, app: ASGIApp, routes: Sequence[BaseRoute], prepare: Callable[[Scope], None] | None = None
+    ) -> None:
         self.app = app
         self.routes = [route for route in routes if isinstance(route, WebSocketRoute)]
+        # Called with the scope of each socket for a route here, before its endpoint (and its handshake's answer).
+        self.prepare = prepare
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
             scope.setdefault(RAW_SEND, send)
+            if self.prepare is not None:
+                self.prepare(scope)
             for route in self.routes:
                 match, child = route.matches(scope)
                 if match is Match.FULL:

@@ -31,14 +31,21 @@ takes the plain path, and `status` says which and why.
 from __future__ import annotations
 
 import asyncio
+import logging
+import weakref
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from starlette.types import Receive
+from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .asgi import DirectWrite
+
+log = logging.getLogger("realtime.transport")
 
 try:
     from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
@@ -94,13 +101,155 @@ def why_not(send: Any) -> str:
 class _LastFrame:
     """The wire bytes of the last text framed. A fan-out hands the same `data`
     object to every socket in turn: it is framed once, not once per socket
-    (a server frame is unmasked, so it is the same for every plain connection)."""
+    (a server frame is unmasked, so it is the same for every plain connection),
+    and compressed at most once for every socket with stateless compression."""
 
     data: bytes | None = None
     wire: bytes = b""
+    deflated: bytes | None = None  # made on first use
 
 
-def direct_writer(send: Any) -> DirectWrite | None:
+def _framed(data: bytes) -> bytes:
+    if data is not _LastFrame.data:
+        _LastFrame.wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+        _LastFrame.deflated = None
+        _LastFrame.data = data
+    return _LastFrame.wire
+
+
+def _deflated(data: bytes) -> bytes:
+    _framed(data)
+    if _LastFrame.deflated is None:
+        _LastFrame.deflated = deflated(data)
+    return _LastFrame.deflated
+
+
+# The empty stored block a sync flush ends with, which permessage-deflate leaves off (RFC 7692, 7.2.1).
+_SYNC_TAIL = b"\x00\x00\xff\xff"
+
+
+def deflated(data: bytes) -> bytes:
+    """A whole text message compressed alone, as a frame (RSV1 set, unmasked):
+    what every socket whose permessage-deflate keeps no context between
+    messages (`WS_COMPRESSION=stateless`) can be sent, the same bytes for all."""
+    encoder = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    payload = encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH)
+    if payload.endswith(_SYNC_TAIL):
+        payload = payload[:-4]
+    size = len(payload)
+    if size < 126:
+        head = bytes((0xC1, size))
+    elif size < 65536:
+        head = bytes((0xC1, 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0xC1, 127)) + size.to_bytes(8, "big")
+    return head + payload
+
+
+class _LastJoin:
+    """The last frames joined into one write: the sockets of one room are held
+    the same frames in a turn, and the join is made once for all of them."""
+
+    parts: list[bytes] = []
+    wire: bytes = b""
+
+
+# A socket holding this many frames in one turn writes them at once (a bound on what
+# one turn holds; past it, the next frame checks `writable` again).
+HOLD_LIMIT = 64
+
+
+class Cork:
+    """Frames written directly during one turn of the event loop, held per
+    socket and written at the start of the next turn, one write per socket.
+
+    A group commit wakes every sender of the batch in the same turn and each
+    fans out its message in turn: a member of the room then gets all of them in
+    one `send` system call instead of one each (the call and the kernel's TCP
+    work per call were over half the CPU of a fan-out). The frames of a socket
+    keep their order, and anything it sends through the plain path (a close)
+    is scheduled after the flush, so it stays behind them."""
+
+    __slots__ = ("_held", "_loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._held: list[Callable[[], None]] = []
+
+    def hold(self, flush: Callable[[], None]) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(flush)
+
+    def flush(self) -> None:
+        held, self._held = self._held, []
+        for flush in held:
+            flush()
+
+
+_corks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Cork] = weakref.WeakKeyDictionary()
+
+
+def cork_of(loop: asyncio.AbstractEventLoop) -> Cork:
+    cork = _corks.get(loop)
+    if cork is None:
+        cork = _corks[loop] = Cork(loop)
+    return cork
+
+
+# permessage-deflate that keeps no context between messages, either way: no
+# compressor or decompressor lives between messages (idle memory as without
+# compression), and a server message compresses to the same bytes for every
+# socket. A browser that offers `permessage-deflate; client_max_window_bits`
+# accepts both parameters in the answer (RFC 7692, 7.1.1).
+STATELESS = ServerPerMessageDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True)
+EXTENSIONS_HEADER = "Sec-WebSocket-Extensions"
+# WS_COMPRESSION's values: no permessage-deflate; stateless; whatever the server negotiated.
+COMPRESSION_MODES = ("off", "stateless", "server")
+
+
+def negotiate(send: Any, mode: str) -> bool:
+    """Before the handshake is answered: make the socket's permessage-deflate
+    what `mode` says (WS_COMPRESSION). Only where uvicorn's sans-I/O protocol
+    negotiated one already (`--ws-per-message-deflate`, on by default): a
+    server started without it gets none added. True if the answer changed."""
+    protocol = protocol_of(send)
+    if protocol is None or mode == "server":
+        return False
+    try:
+        conn, request, response = protocol.conn, protocol.request, protocol.response
+        if protocol.handshake_complete or request is None or response is None or not conn.extensions:
+            return False
+    except AttributeError:
+        return False
+    if EXTENSIONS_HEADER in response.headers:
+        del response.headers[EXTENSIONS_HEADER]
+    conn.extensions = []
+    if mode == "stateless":
+        conn.available_extensions = [STATELESS]
+        try:
+            header, extensions = conn.process_extensions(request.headers)
+        except Exception as exc:  # noqa: BLE001 - an offer uvicorn took and this one does not: no compression
+            log.debug("permessage-deflate offer not taken: %r", exc)
+        else:
+            if header is not None:
+                response.headers[EXTENSIONS_HEADER] = header
+            conn.extensions = extensions
+    return True
+
+
+def _stateless(conn: Any) -> bool:
+    """The connection's permessage-deflate keeps no context and uses the full
+    window: the shared compressed frame (`deflated`) is what it would send."""
+    if len(conn.extensions) != 1 or not isinstance(conn.extensions[0], PerMessageDeflate):
+        return False
+    ext = conn.extensions[0]
+    return bool(ext.local_no_context_takeover) and ext.local_max_window_bits == zlib.MAX_WBITS
+
+
+def direct_writer(send: Any, compress_from: int = 0) -> DirectWrite | None:
+    """The fast path's write for a socket; with stateless compression, texts of
+    `compress_from` bytes or more go compressed (smaller ones gain little)."""
     protocol = protocol_of(send)
     if protocol is None:
         return None
@@ -112,27 +261,69 @@ def direct_writer(send: Any) -> DirectWrite | None:
         return None
 
     # Fixed once the handshake is done, which it is when the endpoint asks.
-    plain = not conn.extensions
+    stateless = _stateless(conn)
+    # Frames this socket can take as made once per event: wire bytes are held.
+    plain = not conn.extensions or stateless
+    cork = cork_of(asyncio.get_running_loop())
+    # This turn's frames (wire bytes, or text to compress), or None when none are held.
+    held: list[bytes] | None = None
+
+    def flush() -> None:
+        nonlocal held
+        frames, held = held, None
+        # Nothing after a close frame; nothing to a transport that is closing (the peer is gone).
+        if not frames or conn.state is not OPEN or transport.is_closing():
+            return
+        try:
+            if plain:
+                if len(frames) == 1:
+                    transport.write(frames[0])
+                    return
+                if frames != _LastJoin.parts:
+                    _LastJoin.wire = b"".join(frames)
+                    _LastJoin.parts = frames
+                transport.write(_LastJoin.wire)
+            else:
+                # Compressed per connection: websockets frames it.
+                for data in frames:
+                    conn.send_text(data)
+                transport.write(b"".join(conn.data_to_send()))
+        except Exception as exc:  # noqa: BLE001 - the peer is gone; its receiving side reports it
+            log.debug("held frames not written: %r", exc)
 
     def write(data: bytes) -> bool:
-        # When uvicorn's `send` would write at once: the transport takes more
-        # (`writable`), the connection is open (not after a close was sent or
-        # failed), and the transport is not closing (nor lost). Read per call:
-        # uvicorn's `writable` is swapped by `adopt`.
-        if not protocol.writable.is_set() or conn.state is not OPEN or transport.is_closing():
-            return False
-        if plain:
-            if data is not _LastFrame.data:
-                _LastFrame.wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
-                _LastFrame.data = data
-            transport.write(_LastFrame.wire)
+        nonlocal held
+        if held is None:
+            # When uvicorn's `send` would write at once: the transport takes more
+            # (`writable`), the connection is open (not after a close was sent or
+            # failed), and the transport is not closing (nor lost). Read per turn:
+            # uvicorn's `writable` is swapped by `adopt`.
+            if not protocol.writable.is_set() or conn.state is not OPEN or transport.is_closing():
+                return False
+            held = []
+            cork.hold(flush)
+        if not plain:
+            held.append(data)
+        elif stateless and len(data) >= compress_from:
+            held.append(_deflated(data))
+        elif data is _LastFrame.data:
+            held.append(_LastFrame.wire)
         else:
-            # Compressed per connection: websockets frames it.
-            conn.send_text(data)
-            transport.write(b"".join(conn.data_to_send()))
+            held.append(_framed(data))
+        if len(held) >= HOLD_LIMIT:
+            flush()
         return True
 
     return write
+
+
+def flush_held(send: Any) -> None:
+    """Write the frames held this turn now (before the transport is closed under them)."""
+    protocol = getattr(send, "__self__", None)
+    loop = getattr(protocol, "loop", None)
+    cork = _corks.get(loop) if loop is not None else None
+    if cork is not None:
+        cork.flush()
 
 
 class FrameQueue:
@@ -259,6 +450,8 @@ def drop_connection(send: Any, abort: bool = False) -> bool:
     transport as `transport` on the object whose bound `send` the app got.
     False under any other server, which then gets a clean close instead."""
     transport = getattr(getattr(send, "__self__", None), "transport", None)
+    if not abort:
+        flush_held(send)  # the frames of this turn go before the FIN too
     # asyncio's transports and uvloop's alike
     close = getattr(transport, "abort" if abort else "close", None)
     if transport is None or not callable(close) or not callable(getattr(transport, "is_closing", None)):

@@ -20,7 +20,6 @@ of them make two writes per window (bounded by the number of processes).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -91,6 +90,7 @@ class ChatNotices:
         self.pending: dict[str, Window] = {}
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = asyncio.Event()
+        self._closing: asyncio.Future[None] | None = None
         # When the members told so far are paid for at MEMBER_WRITES_PER_SECOND.
         self.paid_until = 0.0
 
@@ -118,8 +118,10 @@ class ChatNotices:
                     return
                 self.pending[room_id] = Window()
                 told = 0
+                written = False
                 try:
                     told = await flush(window)
+                    written = True
                 except StoreUnavailable as exc:
                     if self.closing.is_set():
                         log.warning("chat notifications for room %s not written at shutdown: %s", room_id, exc)
@@ -129,19 +131,33 @@ class ChatNotices:
                     self.pending[room_id].absorb(window)
                 except Exception:
                     log.exception("chat notifications for room %s failed", room_id)
+                if written and not told:
+                    # Nobody was away: nothing written to pace, nothing to gather more
+                    # into; the messages that came meanwhile (if any) go at once.
+                    continue
                 now = time.monotonic()
                 self.paid_until = max(now, self.paid_until) + told / MEMBER_WRITES_PER_SECOND
                 if not self.closing.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self.closing.wait(), max(self.window, self.paid_until - now))
+                    # Until the window ends, or shutdown (which writes what is gathered now).
+                    await asyncio.wait((self._closed(),), timeout=max(self.window, self.paid_until - now))
         finally:
             # Never leave a room gathering without a flusher (on cancellation
             # too; a normal return has just removed it, with no await since).
             self.pending.pop(room_id, None)
 
+    def _closed(self) -> asyncio.Future[None]:
+        """Done at shutdown: what a window's wait also ends on (one future for every room)."""
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+            if self.closing.is_set():
+                self._closing.set_result(None)
+        return self._closing
+
     async def close(self) -> None:
         """On shutdown: write what is gathered now rather than at the end of the window."""
         self.closing.set()
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
         if self.tasks:
             _, late = await asyncio.wait(set(self.tasks), timeout=CLOSE_TIMEOUT)
             for task in late:

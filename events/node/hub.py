@@ -28,8 +28,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from . import topics
 from .broker import GAP, Broker, is_gap
@@ -54,8 +53,9 @@ REFILL_RETRY = 0.5
 MAX_REFILL_RETRY = 5.0
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
+class Delivery(NamedTuple):
+    """One event for a topic's subscribers (a tuple: made twice per event, read once per socket)."""
+
     type: str
     seq: int  # 0: not a persisted event
     exclude: int  # a user id whose sockets skip it (the typist), 0: nobody

@@ -5,7 +5,8 @@ the tests, never mix their numbers), with this process's `process_*` metrics.
 Under a uvicorn supervisor with PROMETHEUS_MULTIPROC_DIR, the numbers are
 every worker's instead, merged from that directory (metrics_shared.py). The core calls one method here per event
 it counts; each method keeps the labelled child it resolved the first time, so
-a count is a dict look-up and an increment. A fan-out is counted once per
+a count is a dict look-up and an increment (frames in and out, counted per
+message, are plain integers read at scrape time). A fan-out is counted once per
 publish with the number of recipients, never once per socket. What the core
 already keeps (its open sockets, the broker's reconnects, the hub's publish
 failures) is read at scrape time by a collector and costs nothing in between.
@@ -81,18 +82,14 @@ class Metrics:
             self.exposed = r  # what `GET /metrics` encodes
         else:
             self.exposed = metrics_shared.scrape_registry(shared_dir)
-        self.frames_in = Counter(
-            "realtime_frames_in",
-            "Client frames received, by channel and type (`invalid`: not a frame of the channel).",
-            ["channel", "type"],
-            registry=r,
-        )
-        self.frames_out = Counter(
-            "realtime_frames_out",
-            "Server frames handed to sockets, by type: replies one by one, fan-outs by their recipients.",
-            ["type"],
-            registry=r,
-        )
+        # Frames in and out: counted in plain dicts (one or two per message, on the hot
+        # path) and read at scrape time by `_FrameCounts` (copied to the shared files by
+        # the mirror when several workers share them).
+        self.frames_in: dict[tuple[str, str], int] = {}
+        self.frames_out: dict[str, int] = {}
+        self.frame_counts = _FrameCounts(self)
+        if shared_dir is None:
+            r.register(self.frame_counts)
         # Which server each socket's `send` came from, and whether the uvicorn fast path applied.
         self.transport_socket = socket_counter(r)
         self.errors = Counter("realtime_errors", "`error` frames sent, by code.", ["code"], registry=r)
@@ -165,8 +162,6 @@ class Metrics:
             buckets=WEBHOOK_BUCKETS,
             registry=r,
         )
-        self._in: dict[tuple[str, str], Any] = {}
-        self._out: dict[str, Any] = {}
         self._errors: dict[str, Any] = {}
         self._closes: dict[str, Any] = {}
 
@@ -183,7 +178,9 @@ class Metrics:
             return
         metrics_shared.sweep(self.shared_dir)
         self.mirror = metrics_shared.Mirror(
-            [collector, ProcessCollector(registry=None)], ACROSS_WORKERS, at_scrape=MEASURED_AT_SCRAPE
+            [collector, self.frame_counts, ProcessCollector(registry=None)],
+            ACROSS_WORKERS,
+            at_scrape=MEASURED_AT_SCRAPE,
         )
         self.mirror.start()
 
@@ -202,10 +199,8 @@ class Metrics:
 
     def frame_in(self, channel: str, item: Decoded | BadFrame) -> None:
         key = (channel, item.type if isinstance(item, Decoded) else "invalid")
-        child = self._in.get(key)
-        if child is None:
-            child = self._in[key] = self.frames_in.labels(*key)
-        child.inc()
+        counts = self.frames_in
+        counts[key] = counts.get(key, 0) + 1
 
     def frame_out(self, text: str) -> None:
         """A frame for one socket (a reply, a snapshot, a replay)."""
@@ -249,10 +244,33 @@ class Metrics:
         self.webhook_failures.labels(reason).inc()
 
     def _count_out(self, type_: str, n: int) -> None:
-        child = self._out.get(type_)
-        if child is None:
-            child = self._out[type_] = self.frames_out.labels(type_)
-        child.inc(n)
+        counts = self.frames_out
+        counts[type_] = counts.get(type_, 0) + n
+
+
+class _FrameCounts(Collector):
+    """`realtime_frames_in` and `realtime_frames_out`, from the counts `Metrics` keeps."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        frames_in = CounterMetricFamily(
+            "realtime_frames_in",
+            "Client frames received, by channel and type (`invalid`: not a frame of the channel).",
+            labels=["channel", "type"],
+        )
+        for (channel, type_), count in sorted(self.metrics.frames_in.items()):
+            frames_in.add_metric([channel, type_], count)
+        yield frames_in
+        frames_out = CounterMetricFamily(
+            "realtime_frames_out",
+            "Server frames handed to sockets, by type: replies one by one, fan-outs by their recipients.",
+            labels=["type"],
+        )
+        for type_, count in sorted(self.metrics.frames_out.items()):
+            frames_out.add_metric([type_], count)
+        yield frames_out
 
 
 class _RuntimeCollector(Collector):

@@ -160,7 +160,7 @@ class Node:
         await self.announce_message(room_id, posted)
         return posted
 
-    async def store_message(
+    def store_message(
         self,
         room_id: str,
         sender: dict[str, Any],
@@ -171,10 +171,11 @@ class Node:
         client_msg_id: str | None = None,
         *,
         from_member: bool = False,
-    ) -> messages.Posted:
+    ) -> Awaitable[messages.Posted]:
         """The first half of `post_message`, for a caller that must know the
-        message is stored before it is sent (an upload keeps its file then)."""
-        return await messages.post(
+        message is stored before it is sent (an upload keeps its file then);
+        await the result."""
+        return messages.post(
             self.db,
             room_id,
             sender,
