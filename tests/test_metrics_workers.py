@@ -112,8 +112,15 @@ async def test_every_scrape_sums_both_workers_and_a_dead_worker_leaves_its_gauge
                 await client.send({"type": "ping"})
                 await client.expect("pong")
             held = per_worker(directory, "gauge_livesum", "realtime_open_sockets", channel="notifications")
-            pings = per_worker(directory, "counter", "realtime_frames_in_total", channel="notifications", type="ping")
             assert len(held) == WORKERS and all(0 < n < len(clients) for n in held.values()), held
+            # Frame counts are plain integers a worker copies to its file once a second.
+            for _ in range(40):
+                pings = per_worker(
+                    directory, "counter", "realtime_frames_in_total", channel="notifications", type="ping"
+                )
+                if sorted(pings.values()) == sorted(held.values()):
+                    break
+                await asyncio.sleep(0.1)
             assert sorted(pings.values()) == sorted(held.values()), (pings, held)
 
             # Each scrape a new connection: either worker answers, and both show the sums.
