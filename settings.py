@@ -85,8 +85,9 @@ class Settings:
     retention_interval: float = 60.0
     chat_notification_window: float = 1.0
     # The cyclic garbage collector's thresholds (gc.set_threshold) for a process the
-    # server owns; None leaves Python's (700, 10, 10). See docs/deploy.md.
-    gc_thresholds: tuple[int, int, int] | None = (10_000, 20, 100)
+    # server owns; None leaves Python's (700, 10, 10). Higher ones trade memory for
+    # CPU (bench/RESULTS.md): a closed socket's objects are freed only by a collection.
+    gc_thresholds: tuple[int, int, int] | None = None
 
     @property
     def jwt_key(self) -> str:

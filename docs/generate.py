@@ -85,8 +85,9 @@ MEANINGS: dict[str, str] = {
     "READ_NOTIFICATION_RETENTION_SECONDS": "seconds a read notification is kept, counted from its creation",
     "RETENTION_INTERVAL_SECONDS": "seconds between pruning passes (small batches with pauses between)",
     "CHAT_NOTIFICATION_WINDOW_SECONDS": "seconds a room's chat notifications are gathered into one write (0.05 to 60)",
-    "GC_THRESHOLDS": "the garbage collector's thresholds in a server process (`gc.set_threshold`), three integers; "
-    "`python` keeps Python's `700,10,10`; an embedding host app keeps its own",
+    "GC_THRESHOLDS": "the garbage collector's thresholds in a server process (`gc.set_threshold`), three integers "
+    "such as `10000,10,10`: less CPU per connect, more memory after sockets close (bench/RESULTS.md); unset or "
+    "`python`, Python's `700,10,10`; an embedding host app keeps its own",
 }
 # Read by the Procfile's command (and dev mode's demo URLs), not by `settings.py`.
 EXTRA = {"PORT": ("8000", "port to listen on")}
@@ -96,7 +97,7 @@ DEFAULTS = {
     "JWT_ALGORITHMS": "`HS256`",
     "WEB_CONCURRENCY": "1",
     "MAX_CONNECTIONS": "(open-file limit)",
-    "GC_THRESHOLDS": "`10000,20,100`",
+    "GC_THRESHOLDS": "(Python's)",
 }
 READ = re.compile(r'reader\.\w+\(\s*"([A-Z_]+)"')
 FIELD = re.compile(r'^\s*(\w+)=[\w.]*\(?\s*reader\.\w+\(\s*"([A-Z_]+)"', re.MULTILINE)
