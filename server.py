@@ -163,7 +163,8 @@ def create_app(settings: Settings, *, configure_logging: bool = True, tune_gc: b
         )
     if tune_gc and settings.gc_thresholds is not None:
         # Each socket is a few hundred tracked objects that live as long as it does: at Python's
-        # thresholds a storm of connects spends a third of its CPU in full collections over them.
+        # thresholds a storm of connects spends a quarter of its CPU in full collections over them,
+        # and a closed socket's objects (cycles) wait longer for a collection at higher ones.
         gc.set_threshold(*settings.gc_thresholds)
     # Per app: several apps in one process (tests, embedding) keep their own numbers.
     app_metrics = metrics.Metrics(CollectorRegistry(), shared_metrics)

@@ -402,6 +402,7 @@ async def connect(t: Target, sockets: int, room_size: int, rounds: int) -> dict[
         "reconnect_us": round(statistics.median(reconnects), 1) if reconnects else None,
         "new_token_us": per_round[-1],
         "load_cpu_rounds": loads,
+        "load_cpu": max((x for x in loads if x is not None), default=None),
         "server_cpu_s": round(total_s, 3),
         # The headline: a new session (a token not seen before) into rooms the server knows.
         "cpu_unit": "connect",

@@ -86,7 +86,6 @@ COLUMNS: dict[str, list[tuple[str, Callable[[Row], Any], int]]] = {
         ("p99 ms", lambda r: r.get("p99_ms"), 1),
         ("max ms", lambda r: r.get("max_ms"), 1),
         ("server CPU", lambda r: r.get("server_cpu"), 2),
-        ("load CPU", lambda r: r.get("load_cpu"), 2),
     ],
     "latency": [
         ("p50 ms", lambda r: r.get("p50_ms"), 1),

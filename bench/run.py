@@ -21,6 +21,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import secrets
 import selectors
 import shutil
@@ -461,7 +462,9 @@ def main() -> int:
         kind, _, pairs = rest.partition(":")
         if kind not in TARGETS + TRANSPORT_TARGETS:
             raise SystemExit(f"--variant {spec}: unknown target {kind!r}")
-        args.variants[name] = (kind, dict(pair.partition("=")[::2] for pair in pairs.split(",") if pair))
+        # Pairs are split at a comma that starts another KEY=: a value may hold commas (GC_THRESHOLDS).
+        items = re.split(r",(?=[A-Z_][A-Z0-9_]*=)", pairs) if pairs else []
+        args.variants[name] = (kind, dict(item.partition("=")[::2] for item in items))
     targets = choose(args.targets, TARGETS, "targets", TRANSPORT_TARGETS + list(args.variants))
     args.base_tree = base_tree(args.base) if args.base else None
     if args.base:

@@ -326,6 +326,9 @@ class BaseEndpoint(WebSocketEndpoint):
         self.rt.metrics.closed(self.close_code, self.out.dropped)
         if self.user_id:
             self._log("disconnect", duration=round(time.monotonic() - self.opened_at, 3), code=self.close_code)
+        # The outbound side calls back into this object: without the references both ways
+        # the socket's state is freed when the connection ends, not by a later full collection.
+        self.out.on_closed = self.out.on_push = None
 
     def _log(self, event: str, **more: Any) -> None:
         """One line per connect and disconnect; its fields are JSON keys with LOG_FORMAT=json."""

@@ -343,3 +343,25 @@ def test_the_server_sets_the_gc_thresholds_and_an_embedding_host_keeps_its_own(t
         assert gc.get_threshold() == (1234, 5, 6)
     finally:
         gc.set_threshold(*before)
+
+
+async def test_a_closed_socket_is_freed_without_waiting_for_a_full_collection(server: Server) -> None:
+    import gc
+    import weakref
+
+    await server.room("r1", [1])
+    gc.collect()
+    gc.disable()  # only reference counting frees anything from here on
+    try:
+        async with chat(server, "r1", 1) as client:
+            await client.expect("message_history")
+            endpoint = next(iter(server.runtime.sockets[1]))
+            freed = weakref.ref(endpoint)
+            del endpoint
+        for _ in range(50):
+            if freed() is None:
+                break
+            await asyncio.sleep(0.05)
+        assert freed() is None
+    finally:
+        gc.enable()
