@@ -270,3 +270,13 @@ async def test_frames_held_for_a_connection_that_is_gone_are_dropped_quietly(
             await other.send({"type": "chat_message", "content": "still here"})
             assert (await other.expect("chat_message"))["message"]["content"] == "still here"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("realtime")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_the_fast_paths_text_frame_is_the_one_websockets_makes(size: int) -> None:
+    from websockets.frames import Frame, Opcode
+
+    from realtime.transport.uvicorn import text_frame
+
+    data = ("é" * size).encode()[:size]
+    assert text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])

@@ -40,7 +40,6 @@ from typing import Any
 import uvicorn
 from starlette.types import Receive
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .asgi import DirectWrite
@@ -109,9 +108,24 @@ class _LastFrame:
     deflated: bytes | None = None  # made on first use
 
 
+def _head(first: int, size: int) -> bytes:
+    """A server frame's header (FIN, opcode and RSV1 in `first`; unmasked): RFC 6455, 5.2."""
+    if size < 126:
+        return bytes((first, size))
+    if size < 65536:
+        return bytes((first, 126)) + size.to_bytes(2, "big")
+    return bytes((first, 127)) + size.to_bytes(8, "big")
+
+
+def text_frame(data: bytes) -> bytes:
+    """One whole text message as a server frame: what websockets' `Frame.serialize`
+    makes of it, without its per-call checks and buffer (made once per event)."""
+    return _head(0x81, len(data)) + data
+
+
 def _framed(data: bytes) -> bytes:
     if data is not _LastFrame.data:
-        _LastFrame.wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+        _LastFrame.wire = text_frame(data)
         _LastFrame.deflated = None
         _LastFrame.data = data
     return _LastFrame.wire
@@ -136,14 +150,7 @@ def deflated(data: bytes) -> bytes:
     payload = encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH)
     if payload.endswith(_SYNC_TAIL):
         payload = payload[:-4]
-    size = len(payload)
-    if size < 126:
-        head = bytes((0xC1, size))
-    elif size < 65536:
-        head = bytes((0xC1, 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((0xC1, 127)) + size.to_bytes(8, "big")
-    return head + payload
+    return _head(0xC1, len(payload)) + payload
 
 
 class _LastJoin:
