@@ -13,7 +13,11 @@ caller's stack.
 It is used only while that `send` would itself not wait (the transport is
 writable, the handshake done, no close sent); anything else goes through the
 plain path. The frame bytes are made once per event and written to every
-plain (not compressed) connection as they are.
+plain connection as they are, and to every connection with stateless
+compression compressed once (`negotiate` makes the handshake's
+permessage-deflate what WS_COMPRESSION says). Frames are held until the end
+of the event loop's turn and a socket's frames of one turn go out in one
+write (`Cork`).
 
 After the handshake `adopt` takes over the receiving side: uvicorn pauses and
 resumes reading around every received frame and keeps an `asyncio.Queue` and
