@@ -230,6 +230,19 @@ async def test_a_fan_out_of_several_events_in_one_turn_is_one_write_per_member(t
             assert len(writes_a) == 1 and len(writes_b) == 1
 
 
+async def test_turn_after_turn_a_socket_gets_each_turns_own_frames(tmp_path: Path) -> None:
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r1", [1])
+        async with member(srv, 1, False) as (client, endpoint, writes):
+            for turn in range(3):
+                for n in range(2):
+                    endpoint.out.push(json.dumps({"type": "pong", "n": 10 * turn + n}))
+                await asyncio.sleep(0)  # the held frames go out
+            got = [(await client.expect("pong"))["n"] for _ in range(6)]
+            assert got == [0, 1, 10, 11, 20, 21]
+            assert len(writes) == 3
+
+
 async def test_a_socket_holding_many_frames_writes_them_at_the_hold_limit(tmp_path: Path) -> None:
     from realtime.transport.uvicorn import HOLD_LIMIT
 

@@ -38,7 +38,6 @@ import asyncio
 import logging
 import weakref
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
@@ -159,7 +158,8 @@ def deflated(data: bytes) -> bytes:
 
 class _LastJoin:
     """The last frames joined into one write: the sockets of one room are held
-    the same frames in a turn, and the join is made once for all of them."""
+    the same frames in a turn, and the join is made once for all of them (a
+    copy of the list is kept: a socket's own list is emptied and used again)."""
 
     parts: list[bytes] = []
     wire: bytes = b""
@@ -185,17 +185,47 @@ class Cork:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._held: list[Callable[[], None]] = []
+        self._held: list[Held] = []
 
-    def hold(self, flush: Callable[[], None]) -> None:
+    def hold(self, held: Held) -> None:
         if not self._held:
             self._loop.call_soon(self.flush)
-        self._held.append(flush)
+        self._held.append(held)
 
     def flush(self) -> None:
         held, self._held = self._held, []
-        for flush in held:
-            flush()
+        for frames, conn, transport, plain in held:
+            _write_held(frames, conn, transport, plain)
+
+
+# A socket's frames held this turn (its own list, emptied once written), its
+# websockets connection and transport, and whether the frames are wire bytes.
+Held = tuple[list[bytes], Any, Any, bool]
+
+
+def _write_held(frames: list[bytes], conn: Any, transport: Any, plain: bool) -> None:
+    if not frames:
+        return  # written already (at the hold limit, or by an earlier entry)
+    try:
+        # Nothing after a close frame; nothing to a transport that is closing (the peer is gone).
+        if conn.state is not OPEN or transport.is_closing():
+            return
+        if not plain:
+            # Compressed per connection: websockets frames it.
+            for data in frames:
+                conn.send_text(data)
+            transport.write(b"".join(conn.data_to_send()))
+        elif len(frames) == 1:
+            transport.write(frames[0])
+        else:
+            if frames != _LastJoin.parts:
+                _LastJoin.wire = b"".join(frames)
+                _LastJoin.parts = frames[:]
+            transport.write(_LastJoin.wire)
+    except Exception as exc:  # noqa: BLE001 - the peer is gone; its receiving side reports it
+        log.debug("held frames not written: %r", exc)
+    finally:
+        frames.clear()
 
 
 _corks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Cork] = weakref.WeakKeyDictionary()
@@ -271,58 +301,34 @@ def direct_writer(send: Any, compress_from: int = 0) -> DirectWrite | None:
     except AttributeError:
         return None
 
-    # Fixed once the handshake is done, which it is when the endpoint asks.
-    stateless = _stateless(conn)
-    # Frames this socket can take as made once per event: wire bytes are held.
-    plain = not conn.extensions or stateless
+    # Fixed once the handshake is done, which it is when the endpoint asks. Frames
+    # this socket can take as made once per event are held as wire bytes; with
+    # stateless compression, those from `compress_from` bytes compressed.
+    plain = not conn.extensions or _stateless(conn)
+    deflate_from = compress_from if conn.extensions and plain else None
     cork = cork_of(asyncio.get_running_loop())
-    # This turn's frames (wire bytes, or text to compress), or None when none are held.
-    held: list[bytes] | None = None
-
-    def flush() -> None:
-        nonlocal held
-        frames, held = held, None
-        # Nothing after a close frame; nothing to a transport that is closing (the peer is gone).
-        if not frames or conn.state is not OPEN or transport.is_closing():
-            return
-        try:
-            if plain:
-                if len(frames) == 1:
-                    transport.write(frames[0])
-                    return
-                if frames != _LastJoin.parts:
-                    _LastJoin.wire = b"".join(frames)
-                    _LastJoin.parts = frames
-                transport.write(_LastJoin.wire)
-            else:
-                # Compressed per connection: websockets frames it.
-                for data in frames:
-                    conn.send_text(data)
-                transport.write(b"".join(conn.data_to_send()))
-        except Exception as exc:  # noqa: BLE001 - the peer is gone; its receiving side reports it
-            log.debug("held frames not written: %r", exc)
+    # This turn's frames (wire bytes, or text to compress); empty between turns.
+    held: list[bytes] = []
 
     def write(data: bytes) -> bool:
-        nonlocal held
-        if held is None:
+        if not held:
             # When uvicorn's `send` would write at once: the transport takes more
             # (`writable`), the connection is open (not after a close was sent or
             # failed), and the transport is not closing (nor lost). Read per turn:
             # uvicorn's `writable` is swapped by `adopt`.
             if not protocol.writable.is_set() or conn.state is not OPEN or transport.is_closing():
                 return False
-            held = []
-            cork.hold(flush)
+            cork.hold((held, conn, transport, plain))
         if not plain:
             held.append(data)
-        elif stateless and len(data) >= compress_from:
+        elif deflate_from is not None and len(data) >= deflate_from:
             held.append(_deflated(data))
         elif data is _LastFrame.data:
             held.append(_LastFrame.wire)
         else:
             held.append(_framed(data))
         if len(held) >= HOLD_LIMIT:
-            flush()
+            _write_held(held, conn, transport, plain)
         return True
 
     return write
