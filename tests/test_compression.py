@@ -191,3 +191,24 @@ def test_compression_defaults_and_modes() -> None:
     settings = from_env({"JWT_SECRET": "s" * 40})
     assert (settings.ws_compression, settings.ws_compression_min_bytes) == ("stateless", 256)
     assert WS_COMPRESSION_MODES == COMPRESSION_MODES  # settings.py names them without importing transport/
+
+
+@pytest.mark.parametrize("size", [0, 10, 300, 70_000])
+def test_a_frame_compressed_once_reads_back_with_websockets_own_decoder(size: int) -> None:
+    from websockets.extensions.permessage_deflate import PerMessageDeflate
+    from websockets.frames import Frame
+    from websockets.streams import StreamReader
+
+    from realtime.transport.uvicorn import deflated
+
+    text = json.dumps({"type": "message_history", "messages": ["안녕하세요"] * (size // 20), "pad": "x" * (size % 20)})
+    reader = StreamReader()
+    reader.feed_data(deflated(text.encode()))
+    parser = Frame.parse(
+        reader.read_exact, mask=False, max_size=None, extensions=[PerMessageDeflate(True, True, 15, 15)]
+    )
+    try:
+        next(parser)
+    except StopIteration as done:
+        frame = done.value
+    assert frame.rsv1 is False and frame.data.decode() == text  # RSV1 consumed by the extension

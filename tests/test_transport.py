@@ -230,6 +230,19 @@ async def test_a_fan_out_of_several_events_in_one_turn_is_one_write_per_member(t
             assert len(writes_a) == 1 and len(writes_b) == 1
 
 
+async def test_turn_after_turn_a_socket_gets_each_turns_own_frames(tmp_path: Path) -> None:
+    async with running(base_settings(tmp_path)) as srv:
+        await srv.room("r1", [1])
+        async with member(srv, 1, False) as (client, endpoint, writes):
+            for turn in range(3):
+                for n in range(2):
+                    endpoint.out.push(json.dumps({"type": "pong", "n": 10 * turn + n}))
+                await asyncio.sleep(0)  # the held frames go out
+            got = [(await client.expect("pong"))["n"] for _ in range(6)]
+            assert got == [0, 1, 10, 11, 20, 21]
+            assert len(writes) == 3
+
+
 async def test_a_socket_holding_many_frames_writes_them_at_the_hold_limit(tmp_path: Path) -> None:
     from realtime.transport.uvicorn import HOLD_LIMIT
 
@@ -270,3 +283,13 @@ async def test_frames_held_for_a_connection_that_is_gone_are_dropped_quietly(
             await other.send({"type": "chat_message", "content": "still here"})
             assert (await other.expect("chat_message"))["message"]["content"] == "still here"
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("realtime")]
+
+
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 70000])
+def test_the_fast_paths_text_frame_is_the_one_websockets_makes(size: int) -> None:
+    from websockets.frames import Frame, Opcode
+
+    from realtime.transport.uvicorn import text_frame
+
+    data = ("é" * size).encode()[:size]
+    assert text_frame(data) == Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])

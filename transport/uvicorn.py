@@ -13,7 +13,11 @@ caller's stack.
 It is used only while that `send` would itself not wait (the transport is
 writable, the handshake done, no close sent); anything else goes through the
 plain path. The frame bytes are made once per event and written to every
-plain (not compressed) connection as they are.
+plain connection as they are, and to every connection with stateless
+compression compressed once (`negotiate` makes the handshake's
+permessage-deflate what WS_COMPRESSION says). Frames are held until the end
+of the event loop's turn and a socket's frames of one turn go out in one
+write (`Cork`).
 
 After the handshake `adopt` takes over the receiving side: uvicorn pauses and
 resumes reading around every received frame and keeps an `asyncio.Queue` and
@@ -34,13 +38,11 @@ import asyncio
 import logging
 import weakref
 import zlib
-from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 from starlette.types import Receive
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
-from websockets.frames import Frame, Opcode
 from websockets.protocol import State
 
 from .asgi import DirectWrite
@@ -109,9 +111,24 @@ class _LastFrame:
     deflated: bytes | None = None  # made on first use
 
 
+def _head(first: int, size: int) -> bytes:
+    """A server frame's header (FIN, opcode and RSV1 in `first`; unmasked): RFC 6455, 5.2."""
+    if size < 126:
+        return bytes((first, size))
+    if size < 65536:
+        return bytes((first, 126)) + size.to_bytes(2, "big")
+    return bytes((first, 127)) + size.to_bytes(8, "big")
+
+
+def text_frame(data: bytes) -> bytes:
+    """One whole text message as a server frame: what websockets' `Frame.serialize`
+    makes of it, without its per-call checks and buffer (made once per event)."""
+    return _head(0x81, len(data)) + data
+
+
 def _framed(data: bytes) -> bytes:
     if data is not _LastFrame.data:
-        _LastFrame.wire = Frame(Opcode.TEXT, data).serialize(mask=False, extensions=[])
+        _LastFrame.wire = text_frame(data)
         _LastFrame.deflated = None
         _LastFrame.data = data
     return _LastFrame.wire
@@ -136,19 +153,13 @@ def deflated(data: bytes) -> bytes:
     payload = encoder.compress(data) + encoder.flush(zlib.Z_SYNC_FLUSH)
     if payload.endswith(_SYNC_TAIL):
         payload = payload[:-4]
-    size = len(payload)
-    if size < 126:
-        head = bytes((0xC1, size))
-    elif size < 65536:
-        head = bytes((0xC1, 126)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((0xC1, 127)) + size.to_bytes(8, "big")
-    return head + payload
+    return _head(0xC1, len(payload)) + payload
 
 
 class _LastJoin:
     """The last frames joined into one write: the sockets of one room are held
-    the same frames in a turn, and the join is made once for all of them."""
+    the same frames in a turn, and the join is made once for all of them (a
+    copy of the list is kept: a socket's own list is emptied and used again)."""
 
     parts: list[bytes] = []
     wire: bytes = b""
@@ -174,17 +185,47 @@ class Cork:
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._held: list[Callable[[], None]] = []
+        self._held: list[Held] = []
 
-    def hold(self, flush: Callable[[], None]) -> None:
+    def hold(self, held: Held) -> None:
         if not self._held:
             self._loop.call_soon(self.flush)
-        self._held.append(flush)
+        self._held.append(held)
 
     def flush(self) -> None:
         held, self._held = self._held, []
-        for flush in held:
-            flush()
+        for frames, conn, transport, plain in held:
+            _write_held(frames, conn, transport, plain)
+
+
+# A socket's frames held this turn (its own list, emptied once written), its
+# websockets connection and transport, and whether the frames are wire bytes.
+Held = tuple[list[bytes], Any, Any, bool]
+
+
+def _write_held(frames: list[bytes], conn: Any, transport: Any, plain: bool) -> None:
+    if not frames:
+        return  # written already (at the hold limit, or by an earlier entry)
+    try:
+        # Nothing after a close frame; nothing to a transport that is closing (the peer is gone).
+        if conn.state is not OPEN or transport.is_closing():
+            return
+        if not plain:
+            # Compressed per connection: websockets frames it.
+            for data in frames:
+                conn.send_text(data)
+            transport.write(b"".join(conn.data_to_send()))
+        elif len(frames) == 1:
+            transport.write(frames[0])
+        else:
+            if frames != _LastJoin.parts:
+                _LastJoin.wire = b"".join(frames)
+                _LastJoin.parts = frames[:]
+            transport.write(_LastJoin.wire)
+    except Exception as exc:  # noqa: BLE001 - the peer is gone; its receiving side reports it
+        log.debug("held frames not written: %r", exc)
+    finally:
+        frames.clear()
 
 
 _corks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Cork] = weakref.WeakKeyDictionary()
@@ -260,58 +301,34 @@ def direct_writer(send: Any, compress_from: int = 0) -> DirectWrite | None:
     except AttributeError:
         return None
 
-    # Fixed once the handshake is done, which it is when the endpoint asks.
-    stateless = _stateless(conn)
-    # Frames this socket can take as made once per event: wire bytes are held.
-    plain = not conn.extensions or stateless
+    # Fixed once the handshake is done, which it is when the endpoint asks. Frames
+    # this socket can take as made once per event are held as wire bytes; with
+    # stateless compression, those from `compress_from` bytes compressed.
+    plain = not conn.extensions or _stateless(conn)
+    deflate_from = compress_from if conn.extensions and plain else None
     cork = cork_of(asyncio.get_running_loop())
-    # This turn's frames (wire bytes, or text to compress), or None when none are held.
-    held: list[bytes] | None = None
-
-    def flush() -> None:
-        nonlocal held
-        frames, held = held, None
-        # Nothing after a close frame; nothing to a transport that is closing (the peer is gone).
-        if not frames or conn.state is not OPEN or transport.is_closing():
-            return
-        try:
-            if plain:
-                if len(frames) == 1:
-                    transport.write(frames[0])
-                    return
-                if frames != _LastJoin.parts:
-                    _LastJoin.wire = b"".join(frames)
-                    _LastJoin.parts = frames
-                transport.write(_LastJoin.wire)
-            else:
-                # Compressed per connection: websockets frames it.
-                for data in frames:
-                    conn.send_text(data)
-                transport.write(b"".join(conn.data_to_send()))
-        except Exception as exc:  # noqa: BLE001 - the peer is gone; its receiving side reports it
-            log.debug("held frames not written: %r", exc)
+    # This turn's frames (wire bytes, or text to compress); empty between turns.
+    held: list[bytes] = []
 
     def write(data: bytes) -> bool:
-        nonlocal held
-        if held is None:
+        if not held:
             # When uvicorn's `send` would write at once: the transport takes more
             # (`writable`), the connection is open (not after a close was sent or
             # failed), and the transport is not closing (nor lost). Read per turn:
             # uvicorn's `writable` is swapped by `adopt`.
             if not protocol.writable.is_set() or conn.state is not OPEN or transport.is_closing():
                 return False
-            held = []
-            cork.hold(flush)
+            cork.hold((held, conn, transport, plain))
         if not plain:
             held.append(data)
-        elif stateless and len(data) >= compress_from:
+        elif deflate_from is not None and len(data) >= deflate_from:
             held.append(_deflated(data))
         elif data is _LastFrame.data:
             held.append(_LastFrame.wire)
         else:
             held.append(_framed(data))
         if len(held) >= HOLD_LIMIT:
-            flush()
+            _write_held(held, conn, transport, plain)
         return True
 
     return write
