@@ -471,7 +471,7 @@ class _Reader:
             return default
         if raw.lower() == "python":
             return None
-        expected = "three integers from 1 to 10000000 (generation 0,1,2), e.g. 50000,20,100, or python"
+        expected = "three integers from 1 to 10000000 (generation 0,1,2), e.g. 10000,10,10, or python"
         parts = [part.strip() for part in raw.split(",")]
         if len(parts) != 3 or not all(part.isascii() and part.isdigit() for part in parts):
             raise SettingsError(f"{name}: {raw!r} is not {expected}")
