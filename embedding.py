@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -40,12 +40,11 @@ from starlette.applications import Starlette
 
 from .endpoints.api import RoomBody, UserBody, UserId
 from .endpoints.consultation_api import ConsultationBody, ReasonBody
-from .endpoints.notifications_api import NotificationBody
+from .endpoints.notifications_api import NotificationBody, notification_problem
 from .events.node import operations, topics
 from .events.node.node import Runtime
 from .events.protocol.chat import ChatMessage, FetchHistory
 from .events.protocol.frames import has_nul
-from .events.protocol.links import safe_url
 from .server import create_app
 from .settings import Settings
 from .store import consultations
@@ -188,10 +187,8 @@ class Realtime:
         users = list(user_ids)
         fields = {"type": type, "title": title, "body": body, "user_ids": users, "action_url": action_url}
         checked = _checked(NotificationBody, fields)
-        if not checked.title.strip():
-            raise ValueError("`title` must not be blank")
-        if checked.action_url is not None and not safe_url(checked.action_url):
-            raise ValueError("`action_url` must be an http(s) URL or a path on the site")
+        if (problem := notification_problem(checked)) is not None:
+            raise ValueError(problem)
         created = await self.runtime.notify(users, checked.type, checked.title, checked.body, checked.action_url)
         return [{"user_id": c.user_id, "seq": c.seq, "notification": c.notification} for c in created]
 
@@ -213,16 +210,12 @@ class Realtime:
             "duration_minutes": duration_minutes,
         }
         data = _checked(ConsultationBody, fields)
-        scheduled = None
-        if data.scheduled_start is not None:
-            start = data.scheduled_start
-            scheduled = consultations.iso(start if start.tzinfo else start.replace(tzinfo=UTC))
         c = await operations.create_consultation(
             self.runtime,
             data.expert_id,
             data.client_id,
             consultation_id=data.id,
-            scheduled_start=scheduled,
+            scheduled_start=data.scheduled_start,
             duration_minutes=data.duration_minutes,
         )
         return c.record()

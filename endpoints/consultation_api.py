@@ -4,7 +4,7 @@ frame a participant's action would send."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated
 
 from msgspec import Meta, Struct
@@ -54,18 +54,13 @@ def answer(c: consultations.Consultation, status: int = 200) -> Response:
 @service
 async def post_consultation(request: Request, rt: Runtime) -> Response:
     data = await body(request, ConsultationBody)
-    scheduled = None
-    if data.scheduled_start is not None:
-        start = data.scheduled_start
-        # A time without an offset is taken as UTC, as every time in this protocol.
-        scheduled = consultations.iso(start if start.tzinfo else start.replace(tzinfo=UTC))
     try:
         c = await operations.create_consultation(
             rt,
             data.expert_id,
             data.client_id,
             consultation_id=data.id,
-            scheduled_start=scheduled,
+            scheduled_start=data.scheduled_start,
             duration_minutes=data.duration_minutes,
         )
     except ValueError as exc:

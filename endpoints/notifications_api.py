@@ -29,15 +29,22 @@ class NotificationBody(Struct):
     action_url: Annotated[str, Meta(min_length=1, max_length=2_048)] | None = None
 
 
+def notification_problem(data: NotificationBody) -> str | None:
+    """What the struct's own constraints cannot say (the route and the Python API both ask)."""
+    if not data.title.strip():
+        return "`title` must not be blank"
+    if data.action_url is not None and not safe_url(data.action_url):
+        return "`action_url` must be an http(s) URL or a path on the site"
+    return None
+
+
 @service
 async def post_notification(request: Request, rt: Runtime) -> Response:
     data = await body(request, NotificationBody)
     if (data.user_id is None) == (data.user_ids is None):
         raise ApiError(400, "invalid_payload", "give exactly one of `user_id` and `user_ids`")
-    if not data.title.strip():
-        raise ApiError(400, "invalid_payload", "`title` must not be blank")
-    if data.action_url is not None and not safe_url(data.action_url):
-        raise ApiError(400, "invalid_payload", "`action_url` must be an http(s) URL or a path on the site")
+    if (problem := notification_problem(data)) is not None:
+        raise ApiError(400, "invalid_payload", problem)
     recipients = [data.user_id] if data.user_id is not None else data.user_ids or []
     created = await rt.notify(recipients, data.type, data.title, data.body, data.action_url)
     listed = [{"user_id": c.user_id, "id": c.notification["id"], "seq": c.seq} for c in created]

@@ -13,6 +13,7 @@ order, and raises the store's errors (`NotFound`, `Conflict`, `AccessEnded`,
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from ...store import consultations, messages, revocations, rooms, users
@@ -180,14 +181,19 @@ async def create_consultation(
     client_id: int,
     *,
     consultation_id: str | None = None,
-    scheduled_start: str | None = None,
+    scheduled_start: datetime | None = None,
     duration_minutes: int = consultations.DEFAULT_MINUTES,
 ) -> Consultation:
-    """Book a consultation (`scheduled`); `scheduled_start` is an ISO time in UTC."""
+    """Book a consultation (`waiting`). A `scheduled_start` without an offset is
+    taken as UTC, as every time in this protocol."""
     if expert_id == client_id:
         raise ValueError("expert_id and client_id must be different users")
+    scheduled = None
+    if scheduled_start is not None:
+        start = scheduled_start if scheduled_start.tzinfo else scheduled_start.replace(tzinfo=UTC)
+        scheduled = consultations.iso(start)
     return await consultations.create(
-        rt.db, consultation_id or new_id(), expert_id, client_id, scheduled_start, duration_minutes
+        rt.db, consultation_id or new_id(), expert_id, client_id, scheduled, duration_minutes
     )
 
 
