@@ -268,6 +268,19 @@ async def release(db: Db, node: str, batch: Batch) -> None:
     await _transaction(db, job)
 
 
+async def release_all(db: Db) -> int:
+    """Give back every lease: for a process that holds the database alone
+    (BROKER_URL=memory://), whose leases can only be its dead predecessor's."""
+
+    async def job(tx: Runner) -> int:
+        rows = await tx.fetch_all(
+            "UPDATE webhook_outbox SET locked_by = NULL, locked_until = NULL WHERE locked_by IS NOT NULL RETURNING id"
+        )
+        return len(rows)
+
+    return await _transaction(db, job)
+
+
 async def counts(db: Db) -> dict[str, int]:
     """Rows by state (every URL, every process): `pending` is the backlog."""
     rows = await db.fetch_all("SELECT state, COUNT(*) FROM webhook_outbox GROUP BY state")

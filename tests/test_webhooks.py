@@ -605,3 +605,32 @@ async def test_without_webhook_url_nothing_is_queued(tmp_path: Path) -> None:
             await one.expect("message_history")
             await say(one, "hello")
         assert await outbox_rows(server.settings.database_url) == []
+
+
+async def test_a_restarted_sole_process_takes_back_a_killed_predecessors_lease(tmp_path: Path) -> None:
+    """Killed in the middle of a delivery (its lease taken, the POST unanswered), the
+    one process of a memory:// deployment delivers at once after a restart, not
+    after the lease's time (WEBHOOK_TIMEOUT + 30 s)."""
+    async with receiving() as receiver:
+        receiver.hold = 30.0  # the first POST stays unanswered until the process is gone
+        env = hook_env(receiver, DATABASE_URL=f"sqlite:///{tmp_path}/store.db")
+        proc = start(env, tmp_path / "one.log")
+        try:
+            await ready(proc)
+            await make_room(proc, "r1", [1, 2])
+            async with ws(proc.ws_url("/ws/chat/r1/", token=token(1))) as one:
+                await one.expect("message_history")
+                (sent,) = await say(one, "mid-delivery")
+                await receiver.wait_for(lambda r: any(e["type"] == "message.created" for e in r.tried))
+                proc.kill()
+        finally:
+            proc.kill()
+        receiver.hold = 0.0
+        again = start(env, tmp_path / "two.log")
+        try:
+            await ready(again)
+            await receiver.wait_for(lambda r: r.of("message.created"), timeout=10)
+        finally:
+            again.terminate()
+            again.wait(15)
+        assert [e["data"]["message"] for e in receiver.of("message.created")] == [sent]

@@ -41,6 +41,8 @@ from ... import webhooks as signing
 from ...settings import Settings, redacted_url
 from ...store import webhooks as store
 from ...store.db import Db, WebhookTargets, describe
+from ...store.errors import StoreError
+from . import redis_client
 from .metrics import Metrics
 from .presence import PresenceManager
 from .webhook_presence import PresenceWebhooks
@@ -73,9 +75,13 @@ def body_of(events: list[str]) -> bytes:
 
 
 class Dispatcher:
-    def __init__(self, settings: Settings, db: Db, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, db: Db, metrics: Metrics, *, sole: bool = False) -> None:
+        """`sole`: this process holds the database alone (memory://), so any lease
+        it finds at start-up is a killed predecessor's and is taken back at once,
+        not after the lease's time."""
         assert settings.webhook_secret is not None, "settings.checked() requires it with WEBHOOK_URL"
         self.db = db
+        self.sole = sole
         self.metrics = metrics
         self.urls = settings.webhook_urls
         self.secret = settings.webhook_secret.encode()
@@ -128,6 +134,12 @@ class Dispatcher:
             await self.client.aclose()
 
     async def _run(self) -> None:
+        if self.sole:
+            try:
+                if taken := await store.release_all(self.db):
+                    log.info("webhooks: %d lease(s) of a previous process taken back", taken)
+            except StoreError as exc:  # the leases then lapse by themselves
+                log.warning("webhooks: the previous process's leases stay until they lapse: %r", exc)
         failures = 0
         next_count = 0.0
         while not self.stopping:
@@ -256,7 +268,8 @@ class Webhooks:
     def __init__(self, runtime: Runtime) -> None:
         settings = runtime.settings
         self.db = runtime.db
-        self.dispatcher = Dispatcher(settings, runtime.db, runtime.metrics)
+        sole = not redis_client.uses_redis(settings)
+        self.dispatcher = Dispatcher(settings, runtime.db, runtime.metrics, sole=sole)
         self.presence = PresenceWebhooks(runtime.db, runtime.online_users, settings.webhook_presence_debounce)
         self.unread = UnreadWebhooks(runtime, settings.webhook_unread_window)
 
