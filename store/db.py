@@ -665,12 +665,32 @@ class Db:
         held = await Held.open(self.database, make, CONNECT_TIMEOUT)
         if self.is_sqlite:
             try:
-                for pragma in (*SQLITE_PRAGMAS, f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}"):
-                    await held.runner.execute(pragma)
+                await held.runner.execute(f"PRAGMA busy_timeout={int(self.busy_timeout * 1000)}")
+                for pragma in SQLITE_PRAGMAS:
+                    await self._sqlite_pragma(held.runner, pragma)
             except BaseException:
                 await held.close()
                 raise
         return held
+
+    async def _sqlite_pragma(self, runner: Runner, pragma: str) -> None:
+        """Run `pragma`, trying again while another process holds the lock.
+
+        Switching a new file to WAL needs the lock for a moment, and SQLite
+        can answer "database is locked" at once, without its busy handler,
+        when two processes open a new file together: up to busy_timeout.
+        """
+        deadline = asyncio.get_running_loop().time() + self.busy_timeout
+        while True:
+            try:
+                await runner.execute(pragma)
+                return
+            except Exception as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise
+            await asyncio.sleep(0.02)
 
     async def _open_writer(self) -> Held:
         held = await self._open()

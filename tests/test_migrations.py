@@ -170,6 +170,19 @@ async def test_runners_started_together_apply_each_version_once(tmp_path: Path, 
     assert sorted(n for (n,) in await query(database_url, "SELECT n FROM probe")) == [2, 3]
 
 
+async def test_stores_opened_together_on_a_new_sqlite_file_all_start(tmp_path: Path) -> None:
+    """Switching a new file to WAL takes the lock for a moment; a store that
+    finds it taken waits, up to its busy timeout, rather than failing start-up."""
+    for attempt in range(20):
+        url = f"sqlite:///{tmp_path / f'fresh{attempt}.db'}"
+        dbs = await asyncio.gather(*(connect(url) for _ in range(6)), return_exceptions=True)
+        for db in dbs:
+            if isinstance(db, Db):
+                await db.disconnect()
+        assert [d for d in dbs if not isinstance(d, Db)] == []
+        assert await query(url, "PRAGMA journal_mode") == [("wal",)]
+
+
 async def test_two_server_processes_started_together_on_a_fresh_database(tmp_path: Path, database_url: str) -> None:
     require("redis")
     env = {"DATABASE_URL": database_url, "BROKER_URL": REDIS_URL, "UPLOAD_DIR": str(tmp_path / "up")}
