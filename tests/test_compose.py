@@ -2,9 +2,11 @@
 
 The file is checked here as compose reads it (YAML, then `${VAR}`
 interpolation from the environment), and again through `docker compose config`
-where that plugin is installed; it is run for real (build, start, a message
-from one replica to the other) only where a docker daemon answers, and
-skipped otherwise, in CI too, since a CI machine need not have one.
+where that plugin is installed, or else through docker-compose 1.29's `config`
+(the compose specification's JSON schema; .ci/run installs it when the plugin
+is missing); it is run for real (build, start, a message from one replica to
+the other) only where a docker daemon answers, and skipped otherwise, in CI
+too, since a CI machine need not have one.
 """
 
 from __future__ import annotations
@@ -201,6 +203,40 @@ def test_docker_compose_config_reads_it_the_same_way() -> None:
     check_model(json.loads(result.stdout))
     refused = docker("compose", "-f", str(COMPOSE), "config", env={**ENV, "JWT_SECRET": ""})
     assert refused.returncode != 0 and "JWT_SECRET" in refused.stderr
+
+
+def test_docker_compose_v1_validates_it_against_its_compose_spec_schema(tmp_path: Path) -> None:
+    """Where only docker-compose 1.29 is installed (Debian's, which .ci/run installs
+    when the v2 plugin is missing): it validates the file against the compose
+    specification's JSON schema and interpolates it as v2 does. Its schema
+    predates the top-level `name:`, so the file goes in without that line and the
+    project name goes by `-p`."""
+    if shutil.which("docker-compose") is None:
+        pytest.skip("docker-compose is not installed")
+    text = COMPOSE.read_text()
+    assert re.search(r"^name: realtime$", text, re.MULTILINE)
+    copy = tmp_path / "compose.yaml"
+    copy.write_text(re.sub(r"^name: .*\n", "", text, flags=re.MULTILINE))
+
+    def config(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        command = ["docker-compose", "-f", str(copy), "--project-directory", str(ROOT), "-p", "realtime", "config"]
+        return subprocess.run(
+            command, env={"PATH": os.environ["PATH"], **env}, capture_output=True, text=True, timeout=60
+        )
+
+    result = config(ENV)
+    assert result.returncode == 0, result.stderr
+    check_model(yaml.safe_load(result.stdout))
+    # A service key the schema does not know is refused: the schema is in effect.
+    copy.write_text(
+        copy.read_text().replace("    stop_grace_period: 30s", "    stop_grace_period: 30s\n    no_such_key: 1")
+    )
+    wrong = config(ENV)
+    assert wrong.returncode != 0 and "no_such_key" in wrong.stderr, wrong.stderr
+    copy.write_text(re.sub(r"^name: .*\n", "", text, flags=re.MULTILINE))
+    for missing in REQUIRED:
+        refused = config({**ENV, missing: ""})
+        assert refused.returncode != 0 and missing in refused.stderr, refused.stderr
 
 
 def free_pair() -> int:
