@@ -42,7 +42,7 @@ from typing import IO, Any, NamedTuple, Protocol, TypeVar
 import databases
 
 from . import migrate
-from .errors import StoreError, StoreUnavailable, is_transient, loses_connection
+from .errors import StoreError, StoreUnavailable, is_sqlite_busy, is_transient, loses_connection
 
 log = logging.getLogger("realtime.store")
 
@@ -680,15 +680,14 @@ class Db:
         can answer "database is locked" at once, without its busy handler,
         when two processes open a new file together: up to busy_timeout.
         """
-        deadline = asyncio.get_running_loop().time() + self.busy_timeout
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.busy_timeout
         while True:
             try:
                 await runner.execute(pragma)
                 return
             except Exception as exc:
-                if "locked" not in str(exc) and "busy" not in str(exc):
-                    raise
-                if asyncio.get_running_loop().time() >= deadline:
+                if not is_sqlite_busy(exc) or loop.time() >= deadline:
                     raise
             await asyncio.sleep(0.02)
 

@@ -74,6 +74,15 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, ValueError) and str(exc) in ("no active connection", "Connection closed")
 
 
+def is_sqlite_busy(exc: BaseException) -> bool:
+    """SQLite's busy or locked: another connection holds the lock, and the
+    statement may be tried again on the same connection."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (5, 6)
+    return _SQLITE_TRANSIENT_TEXT[0] in str(exc).lower()
+
+
 def loses_connection(exc: BaseException) -> bool:
     """A transient fault after which the connection is not to be trusted again.
 

@@ -415,31 +415,43 @@ async def test_order_per_stream_is_kept_through_random_failures(tmp_path: Path) 
         assert not receiver.duplicates()
 
 
+async def killed_once_tried(receiver: Receiver, env: dict[str, str], tmp_path: Path, text: str) -> dict[str, Any]:
+    """A server process that stores `text` in room r1 and is killed (SIGKILL) as
+    soon as the receiver has seen a delivery of it tried; the message sent."""
+    proc = start(env, tmp_path / "one.log")
+    try:
+        await ready(proc)
+        await make_room(proc, "r1", [1, 2])
+        async with ws(proc.ws_url("/ws/chat/r1/", token=token(1))) as one:
+            await one.expect("message_history")
+            (sent,) = await say(one, text)
+            await receiver.wait_for(lambda r: any(e["type"] == "message.created" for e in r.tried))
+            proc.kill()
+    finally:
+        proc.kill()
+    return sent
+
+
+async def restarted_until_delivered(receiver: Receiver, env: dict[str, str], tmp_path: Path, timeout: float) -> None:
+    """A new process on the same database, run until a `message.created` is delivered."""
+    again = start(env, tmp_path / "two.log")
+    try:
+        await ready(again)
+        await receiver.wait_for(lambda r: r.of("message.created"), timeout=timeout)
+    finally:
+        again.terminate()
+        again.wait(15)
+
+
 async def test_no_event_is_lost_across_a_kill_and_restart(tmp_path: Path) -> None:
     async with receiving() as receiver:
         receiver.answer = lambda payload: 503
         env = hook_env(receiver, DATABASE_URL=f"sqlite:///{tmp_path}/store.db")
-        proc = start(env, tmp_path / "one.log")
-        try:
-            await ready(proc)
-            await make_room(proc, "r1", [1, 2])
-            async with ws(proc.ws_url("/ws/chat/r1/", token=token(1))) as one:
-                await one.expect("message_history")
-                (sent,) = await say(one, "survives")
-                # Committed, and tried (answered 503): the process dies before it is delivered.
-                await receiver.wait_for(lambda r: any(e["type"] == "message.created" for e in r.tried))
-                proc.kill()
-        finally:
-            proc.kill()
+        # Committed, and tried (answered 503): the process dies before it is delivered.
+        sent = await killed_once_tried(receiver, env, tmp_path, "survives")
         assert not receiver.events
         receiver.answer = None
-        again = start(env, tmp_path / "two.log")
-        try:
-            await ready(again)
-            await receiver.wait_for(lambda r: r.of("message.created"), timeout=15)
-        finally:
-            again.terminate()
-            again.wait(15)
+        await restarted_until_delivered(receiver, env, tmp_path, timeout=15)
         assert [e["data"]["message"] for e in receiver.of("message.created")] == [sent]
 
 
@@ -614,23 +626,7 @@ async def test_a_restarted_sole_process_takes_back_a_killed_predecessors_lease(t
     async with receiving() as receiver:
         receiver.hold = 30.0  # the first POST stays unanswered until the process is gone
         env = hook_env(receiver, DATABASE_URL=f"sqlite:///{tmp_path}/store.db")
-        proc = start(env, tmp_path / "one.log")
-        try:
-            await ready(proc)
-            await make_room(proc, "r1", [1, 2])
-            async with ws(proc.ws_url("/ws/chat/r1/", token=token(1))) as one:
-                await one.expect("message_history")
-                (sent,) = await say(one, "mid-delivery")
-                await receiver.wait_for(lambda r: any(e["type"] == "message.created" for e in r.tried))
-                proc.kill()
-        finally:
-            proc.kill()
+        sent = await killed_once_tried(receiver, env, tmp_path, "mid-delivery")
         receiver.hold = 0.0
-        again = start(env, tmp_path / "two.log")
-        try:
-            await ready(again)
-            await receiver.wait_for(lambda r: r.of("message.created"), timeout=10)
-        finally:
-            again.terminate()
-            again.wait(15)
+        await restarted_until_delivered(receiver, env, tmp_path, timeout=10)
         assert [e["data"]["message"] for e in receiver.of("message.created")] == [sent]
