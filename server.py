@@ -65,6 +65,7 @@ from .events.node.notification_texts import NotificationTexts
 from .events.node.retention import Pruner
 from .events.node.scheduler import Scheduler
 from .events.node.session import for_settings as session_cookies
+from .events.node.sweep import SocketSweep
 from .settings import Settings, SettingsError, from_env
 from .store import streams
 from .store.db import Db
@@ -218,6 +219,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True, tune_gc: b
             redis=redis,
             sessions=session_cookies(settings, verifier),
             pending_per_address=guard.PendingPerAddress(settings.max_pending_per_ip),
+            sweep=SocketSweep() if tune_gc and settings.gc_thresholds is not None else None,
         )
         stack.push_async_callback(runtime.slots.close)
         stack.push_async_callback(runtime.presence.close)

@@ -111,9 +111,9 @@ class Settings:
     webhook_unread_window: float = 60.0
     webhook_presence_debounce: float = 10.0
     # The cyclic garbage collector's thresholds (gc.set_threshold) for a process the
-    # server owns; None leaves Python's (700, 10, 10). Higher ones trade memory for
-    # CPU (bench/RESULTS.md): a closed socket's objects are freed only by a collection.
-    gc_thresholds: tuple[int, int, int] | None = None
+    # server owns, which then also collects fully once a quarter of its sockets have
+    # closed (events/node/sweep.py); None leaves Python's (700, 10, 10) and its pacing.
+    gc_thresholds: tuple[int, int, int] | None = (50_000, 10, 10)
     # permessage-deflate (transport/uvicorn.py): off, stateless, or the server's own; and from
     # which size a frame is compressed on the fast path.
     ws_compression: str = "stateless"

@@ -105,9 +105,9 @@ MEANINGS: dict[str, str] = {
     "WEBHOOK_BACKOFF_MAX_SECONDS": "the longest wait between two webhook attempts (1 s doubling, jittered)",
     "WEBHOOK_UNREAD_WINDOW_SECONDS": "`message.unread` at most once per (user, room) per this many seconds",
     "WEBHOOK_PRESENCE_DEBOUNCE_SECONDS": "seconds without change before `user.online`/`user.offline` is told",
-    "GC_THRESHOLDS": "the garbage collector's thresholds in a server process (`gc.set_threshold`), three integers "
-    "such as `10000,10,10`: less CPU per connect, more memory after sockets close (bench/RESULTS.md); unset or "
-    "`python`, Python's `700,10,10`; an embedding host app keeps its own",
+    "GC_THRESHOLDS": "the garbage collector's thresholds in a server process (`gc.set_threshold`), three integers; "
+    "the server then also collects fully once a quarter of its sockets (at least 1,000) have closed "
+    "(`events/node/sweep.py`); `python`: Python's `700,10,10` and its own pacing; an embedding host app keeps its own",
     "WS_COMPRESSION": "permessage-deflate under uvicorn's sans-I/O protocol (`--ws-per-message-deflate`, on by "
     "default): `stateless` (no context kept between messages: no memory per socket, each frame compressed once for "
     "all), `off`, or `server` (uvicorn's own: context kept, ~45 KB more per socket, compressed per socket)",
@@ -121,7 +121,7 @@ DEFAULTS = {
     "JWT_ALGORITHMS": "`HS256`",
     "WEB_CONCURRENCY": "1",
     "MAX_CONNECTIONS": "(open-file limit)",
-    "GC_THRESHOLDS": "(Python's)",
+    "GC_THRESHOLDS": "`50000,10,10`",
 }
 READ = re.compile(r'reader\.\w+\(\s*"([A-Z_]+)"')
 FIELD = re.compile(r'^\s*(\w+)=[\w.]*\(?\s*reader\.\w+\(\s*"([A-Z_]+)"', re.MULTILINE)

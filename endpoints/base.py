@@ -324,6 +324,8 @@ class BaseEndpoint(WebSocketEndpoint):
                 self.rt.sockets_changed(self.user_id)
         await self.out.drained(timeout=2.0)
         self.rt.metrics.closed(self.close_code, self.out.dropped)
+        if self.rt.sweep is not None:
+            self.rt.sweep.closed(len(self.rt.sockets))
         if self.user_id:
             self._log("disconnect", duration=round(time.monotonic() - self.opened_at, 3), code=self.close_code)
         # The outbound side calls back into this object: without the references both ways

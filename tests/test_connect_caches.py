@@ -365,3 +365,47 @@ async def test_a_closed_socket_is_freed_without_waiting_for_a_full_collection(se
         assert freed() is None
     finally:
         gc.enable()
+
+
+async def test_a_server_process_collects_closed_connections_once_enough_have_closed(tmp_path: Path) -> None:
+    """A closed connection's cycles (uvicorn's protocol object is in one) are freed by the
+    sweep once `minimum` sockets have closed, with thresholds no allocation count reaches."""
+    import gc
+    import weakref
+
+    from realtime.transport import RAW_SEND
+
+    before = gc.get_threshold()
+    try:
+        async with running(base_settings(tmp_path, gc_thresholds=(10**7, 10, 10))) as server:
+            sweep = server.runtime.sweep
+            sweep.minimum = 4
+            gc.collect()
+            await server.room("r1", [1, 2, 3, 4])
+            protocols = []
+            for user in (1, 2, 3, 4):
+                async with chat(server, "r1", user) as client:
+                    await client.expect("message_history")
+                    endpoint = next(iter(server.runtime.sockets[user]))
+                    protocols.append(weakref.ref(endpoint.scope[RAW_SEND].__self__))
+                    del endpoint
+                for _ in range(100):
+                    if user not in server.runtime.sockets:
+                        break
+                    await asyncio.sleep(0.02)
+                if user < 4:
+                    assert sweep.collections == 0
+            for _ in range(100):
+                if sweep.collections:
+                    break
+                await asyncio.sleep(0.02)
+            assert sweep.collections == 1 and sweep.closed_since == 0
+            # The last one's transport may still have been closing when the sweep ran.
+            assert [ref() for ref in protocols[:3]] == [None, None, None]
+    finally:
+        gc.set_threshold(*before)
+
+
+async def test_with_pythons_own_thresholds_the_server_leaves_collections_to_python(tmp_path: Path) -> None:
+    async with running(base_settings(tmp_path, gc_thresholds=None)) as server:
+        assert server.runtime.sweep is None

@@ -72,8 +72,8 @@ def test_token_expiry_defaults_to_close_and_ignore_is_still_taken() -> None:
     assert from_env({**GOOD, "SOCKET_LEASE": "2.5"}).socket_lease == 2.5
 
 
-def test_gc_thresholds_default_to_pythons_and_take_three_integers() -> None:
-    assert from_env(GOOD).gc_thresholds is None
+def test_gc_thresholds_default_to_50000_10_10_and_take_three_integers_or_python() -> None:
+    assert from_env(GOOD).gc_thresholds == (50_000, 10, 10)
     assert from_env({**GOOD, "GC_THRESHOLDS": " 700, 10 ,10 "}).gc_thresholds == (700, 10, 10)
     assert from_env({**GOOD, "GC_THRESHOLDS": "Python"}).gc_thresholds is None
 

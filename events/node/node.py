@@ -34,6 +34,7 @@ from .redis_client import RedisClients
 from .revocation import Revocations
 from .session import SessionCookies
 from .socket_slots import LocalSlots, SocketSlots
+from .sweep import SocketSweep
 from .webhooks import Webhooks
 
 # Streams whose epoch is kept (`stream_epoch`); past that the cache starts over.
@@ -102,6 +103,8 @@ class Node:
     revocations: Revocations = field(default_factory=Revocations)
     # Room members, cached from the store for the connect path (see memberships.py).
     memberships: Memberships = field(default_factory=Memberships)
+    # Full collections paced by closed sockets (sweep.py), in a process the server owns; None leaves them to Python.
+    sweep: SocketSweep | None = None
     # The WebSocket session cookie; None where it is off (see events/node/session.py).
     sessions: SessionCookies | None = None
     # The one Redis client factory of this process (presence, slots, tick locks); None with memory://.
