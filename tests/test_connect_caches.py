@@ -409,3 +409,76 @@ async def test_a_server_process_collects_closed_connections_once_enough_have_clo
 async def test_with_pythons_own_thresholds_the_server_leaves_collections_to_python(tmp_path: Path) -> None:
     async with running(base_settings(tmp_path, gc_thresholds=None)) as server:
         assert server.runtime.sweep is None
+
+
+# ---- profiles read together ------------------------------------------------------
+
+
+async def test_profiles_asked_for_in_one_turn_are_read_by_one_statement(tmp_path: Path) -> None:
+    from realtime.events.node.profiles import ProfileReads
+    from realtime.store import users
+
+    async with store(tmp_path) as db:
+        for user_id in range(1, 601):
+            await users.upsert(db, user_id, f"user {user_id}", "expert" if user_id % 2 else "client", None)
+        statements: list[int] = []
+        fetch_all = db.fetch_all
+
+        async def counted(sql: str, params: Any = ()) -> Any:
+            statements.append(len(params))
+            return await fetch_all(sql, params)
+
+        db.fetch_all = counted  # type: ignore[method-assign]
+        reads = ProfileReads()
+        asked = [reads.get(db, user_id) for user_id in (1, 2, 2, 999)]
+        one, two, two_again, unknown = await asyncio.gather(*asked)
+        assert statements == [3]
+        assert one == {"id": 1, "name": "user 1", "role": "expert", "profile_image": None}
+        assert two == two_again == {"id": 2, "name": "user 2", "role": "client", "profile_image": None}
+        assert unknown is None
+        # More than one statement's worth of ids: read in parts, every answer right.
+        statements.clear()
+        many = await asyncio.gather(*(reads.get(db, user_id) for user_id in range(1, 601)))
+        assert statements == [users.MANY, 600 - users.MANY]
+        assert [profile["name"] for profile in many] == [f"user {user_id}" for user_id in range(1, 601)]
+        # A socket that went away while waiting does not take the answer from the others.
+        gone, stays = reads.get(db, 3), reads.get(db, 4)
+        gone.cancel()
+        assert (await stays)["name"] == "user 4"
+
+
+async def test_a_failed_read_of_profiles_reaches_every_socket_that_asked(tmp_path: Path) -> None:
+    from realtime.events.node.profiles import ProfileReads
+    from realtime.store.errors import StoreUnavailable
+
+    async with store(tmp_path) as db:
+
+        async def down(sql: str, params: Any = ()) -> Any:
+            raise StoreUnavailable("store unavailable")
+
+        db.fetch_all = down  # type: ignore[method-assign]
+        reads = ProfileReads()
+        results = await asyncio.gather(reads.get(db, 1), reads.get(db, 2), return_exceptions=True)
+        assert [type(result) for result in results] == [StoreUnavailable, StoreUnavailable]
+
+
+async def test_sockets_opening_together_get_their_own_stored_profiles(server: Server) -> None:
+    """Tokens without name or role: each socket's profile comes from the store, read together."""
+    await server.room("r1", [1, 2, 3])
+    for user_id in (1, 2, 3):
+        await server.user(user_id, f"Name {user_id}", "expert" if user_id == 2 else "client")
+    async with contextlib.AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(ws(server.ws_url("/ws/chat/r1/"))) for _ in range(3)]
+        tokens = [token(user_id) for user_id in (1, 2, 3)]
+        await asyncio.gather(*(c.send({"type": "auth", "token": t}) for c, t in zip(clients, tokens, strict=True)))
+        users = [(await client.expect("auth_ok"))["user"] for client in clients]
+        assert [(user["id"], user["name"], user["role"]) for user in users] == [
+            (1, "Name 1", "client"),
+            (2, "Name 2", "expert"),
+            (3, "Name 3", "client"),
+        ]
+        await clients[1].expect("message_history")
+        await clients[1].send({"type": "chat_message", "content": "hello"})
+        await clients[0].expect("message_history")
+        message = (await clients[0].expect("chat_message"))["message"]
+        assert message["sender"] == {"id": 2, "name": "Name 2"}

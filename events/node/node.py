@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from ...settings import Settings
-from ...store import messages, rooms, streams, users
+from ...store import messages, rooms, streams
 from ...store.db import Db
 from ...store.notifications import Created, Kind
 from . import notify, topics
@@ -30,6 +30,7 @@ from .memberships import Memberships
 from .metrics import Metrics
 from .notification_texts import NotificationTexts
 from .presence import PresenceManager
+from .profiles import ProfileReads
 from .redis_client import RedisClients
 from .revocation import Revocations
 from .session import SessionCookies
@@ -103,6 +104,8 @@ class Node:
     revocations: Revocations = field(default_factory=Revocations)
     # Room members, cached from the store for the connect path (see memberships.py).
     memberships: Memberships = field(default_factory=Memberships)
+    # Stored profiles of sockets opening in the same turn, read by one statement (see profiles.py).
+    profiles: ProfileReads = field(default_factory=ProfileReads)
     # Full collections paced by closed sockets (sweep.py), in a process the server owns; None leaves them to Python.
     sweep: SocketSweep | None = None
     # The WebSocket session cookie; None where it is off (see events/node/session.py).
@@ -267,7 +270,7 @@ class Node:
         main backend told us (`PUT /api/users/{id}`), then a placeholder name."""
         stored = None
         if identity.name is None or identity.role is None:
-            stored = await users.get(self.db, identity.user_id)
+            stored = await self.profiles.get(self.db, identity.user_id)
         user: dict[str, Any] = {
             "id": identity.user_id,
             "name": identity.name or (stored and stored["name"]) or f"User {identity.user_id}",
