@@ -45,20 +45,18 @@ class ProfileReads:
 
     @staticmethod
     async def _answer(db: Db, asked: dict[int, list[asyncio.Future[Profile]]]) -> None:
+        waiting = [(user_id, future) for user_id, futures in asked.items() for future in futures]
         try:
             found = await users.get_many(db, list(asked))
         except Exception as exc:  # noqa: BLE001 (the store's errors reach every socket that asked, as its own read would)
-            for futures in asked.values():
-                for future in futures:
-                    if not future.done():
-                        future.set_exception(exc)
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
             return
         except BaseException:  # cancelled (shutdown): so are the sockets waiting for it
-            for futures in asked.values():
-                for future in futures:
-                    future.cancel()
+            for _, future in waiting:
+                future.cancel()
             raise
-        for user_id, futures in asked.items():
-            for future in futures:
-                if not future.done():  # its socket may have gone meanwhile
-                    future.set_result(found.get(user_id))
+        for user_id, future in waiting:
+            if not future.done():  # its socket may have gone meanwhile
+                future.set_result(found.get(user_id))
