@@ -32,9 +32,11 @@ class StoreUnavailable(StoreError):
 
 # SQLite result codes that pass: busy/locked (another connection holds the
 # lock longer than busy_timeout), full disk, I/O error, file not openable.
-_SQLITE_TRANSIENT = frozenset({5, 6, 10, 13, 14})
+_SQLITE_BUSY = frozenset({5, 6})
+_SQLITE_BUSY_TEXT = "database is locked"
+_SQLITE_TRANSIENT = _SQLITE_BUSY | {10, 13, 14}
 _SQLITE_TRANSIENT_TEXT = (
-    "database is locked",
+    _SQLITE_BUSY_TEXT,
     "database or disk is full",
     "disk i/o error",
     "unable to open",
@@ -79,8 +81,8 @@ def is_sqlite_busy(exc: BaseException) -> bool:
     statement may be tried again on the same connection."""
     code = getattr(exc, "sqlite_errorcode", None)
     if code is not None:
-        return code & 0xFF in (5, 6)
-    return _SQLITE_TRANSIENT_TEXT[0] in str(exc).lower()
+        return code & 0xFF in _SQLITE_BUSY
+    return _SQLITE_BUSY_TEXT in str(exc).lower()
 
 
 def loses_connection(exc: BaseException) -> bool:
